@@ -1,0 +1,28 @@
+"""Install tf_simclr: `pip install -e .` (library + run.py), `pip install -e .[test]` for tests."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_simclr",
+    version="0.1.0",
+    description="SimCLR v1/v2 self-supervised pretraining and transfer learning for TensorFlow / Keras 3.",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_simclr", "tf_simclr.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10",
+        "tensorflow-datasets>=4.9",
+        # tensorflow-datasets needs it to prepare datasets but does not require it.
+        "importlib_resources",
+        "tensorflow-hub>=0.16",
+        "absl-py",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={
+        "test": ["pytest", "scikit-learn", "tf_keras>=2.21,<2.22"],
+    },
+    entry_points={"console_scripts": ["tf_simclr=tf_simclr.cli:main"]},
+)

@@ -1,0 +1,22 @@
+"""Shared test setup: quiet TensorFlow, two logical CPU devices for cross-replica tests."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs let MirroredStrategy tests run without GPUs. This must happen
+# before TensorFlow initializes its devices, so it lives here and nowhere else.
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+except RuntimeError:  # Devices already initialized by an earlier import.
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes)")

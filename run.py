@@ -1,0 +1,145 @@
+"""tf_simclr command line: SimCLR pretraining, fine-tuning and evaluation.
+
+Accepts every flag of google-research/simclr `tf2/run.py` with its meaning and
+default, so the reference's published commands run unchanged; recipes live in
+`flags/*.cfg` (`python run.py --flagfile=flags/quickstart.cfg`). This is the only
+module that reads flags: it turns them into a `tf_simclr.config.Config` and calls
+the library.
+"""
+
+import logging as py_logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# ---- The reference's flags (names, defaults and meanings kept) ------------------
+flags.DEFINE_float("learning_rate", 0.3, "Initial learning rate per batch size of 256.")
+flags.DEFINE_enum("learning_rate_scaling", "linear", ["linear", "sqrt"], "How to scale the learning rate as a function of batch size.")
+flags.DEFINE_float("warmup_epochs", 10, "Number of epochs of warmup.")
+flags.DEFINE_float("weight_decay", 1e-6, "Amount of weight decay to use.")
+flags.DEFINE_float("batch_norm_decay", 0.9, "Batch norm decay parameter.")
+flags.DEFINE_integer("train_batch_size", 512, "Batch size for training (global, over all replicas).")
+flags.DEFINE_string("train_split", "train", "Split for training.")
+flags.DEFINE_integer("train_epochs", 100, "Number of epochs to train for.")
+flags.DEFINE_integer("train_steps", 0, "Number of steps to train for. If provided, overrides train_epochs.")
+flags.DEFINE_integer("eval_steps", 0, "Number of steps to eval for. If not provided, evals over entire dataset.")
+flags.DEFINE_integer("eval_batch_size", 256, "Batch size for eval.")
+flags.DEFINE_integer("checkpoint_epochs", 1, "Number of epochs between checkpoints/summaries.")
+flags.DEFINE_integer("checkpoint_steps", 0, "Number of steps between checkpoints/summaries. If provided, overrides checkpoint_epochs.")
+flags.DEFINE_string("eval_split", "validation", "Split for evaluation.")
+flags.DEFINE_string("dataset", "imagenet2012", "TFDS dataset name, or folder:/path/to/images for your own images.")
+flags.DEFINE_bool("cache_dataset", False, "Whether to cache the entire dataset in memory (good for small datasets).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_then_eval"], "Whether to perform training or evaluation.")
+flags.DEFINE_enum("train_mode", "pretrain", ["pretrain", "finetune"], "The train mode controls different objectives and trainable components.")
+flags.DEFINE_bool("lineareval_while_pretraining", True, "Whether to finetune supervised head while pretraining.")
+flags.DEFINE_string("checkpoint", None, "Loading from the given checkpoint for fine-tuning if a finetuning checkpoint does not already exist in model_dir.")
+flags.DEFINE_bool("zero_init_logits_layer", False, "If True, zero initialize layers after avg_pool for supervised learning.")
+flags.DEFINE_integer("fine_tune_after_block", -1, "The layers after which block that we will fine-tune. -1 means fine-tuning everything. 0 means fine-tuning after stem block. 4 means fine-tuning just the linear head.")
+flags.DEFINE_string("master", None, "Address/name of the TensorFlow master to use (TPU).")
+flags.DEFINE_string("model_dir", None, "Model directory for training. Defaults to runs/<dataset>_<train_mode>.")
+flags.DEFINE_string("data_dir", None, "Directory where dataset is stored.")
+flags.DEFINE_bool("use_tpu", True, "Whether to run on TPU. Without a TPU named by --tpu_name/--master, tf_simclr logs a warning and uses local devices.")
+flags.DEFINE_string("tpu_name", None, "The Cloud TPU to use for training.")
+flags.DEFINE_string("tpu_zone", None, "[Optional] GCE zone where the Cloud TPU is located in.")
+flags.DEFINE_string("gcp_project", None, "[Optional] Project name for the Cloud TPU-enabled project.")
+flags.DEFINE_enum("optimizer", "lars", ["momentum", "adam", "lars"], "Optimizer to use.")
+flags.DEFINE_float("momentum", 0.9, "Momentum parameter.")
+flags.DEFINE_string("eval_name", None, "Name for eval.")
+flags.DEFINE_integer("keep_checkpoint_max", 5, "Maximum number of checkpoints to keep.")
+flags.DEFINE_integer("keep_hub_module_max", 1, "Maximum number of Hub modules to keep.")
+flags.DEFINE_float("temperature", 0.1, "Temperature parameter for contrastive loss.")
+flags.DEFINE_boolean("hidden_norm", True, "Whether to L2-normalize the projections in the contrastive loss.")
+flags.DEFINE_enum("proj_head_mode", "nonlinear", ["none", "linear", "nonlinear"], "How the head projection is done.")
+flags.DEFINE_integer("proj_out_dim", 128, "Number of head projection dimension.")
+flags.DEFINE_integer("num_proj_layers", 3, "Number of non-linear head layers.")
+flags.DEFINE_integer("ft_proj_selector", 0, "Which layer of the projection head to use during fine-tuning. 0 means no projection head, and -1 means the final layer.")
+flags.DEFINE_boolean("global_bn", True, "Whether to aggregate BN statistics across distributed cores.")
+flags.DEFINE_float("width_multiplier", 1, "Multiplier to change width of network (fractions such as 0.125 give tiny encoders).")
+flags.DEFINE_integer("resnet_depth", 50, "Depth of ResNet.")
+flags.DEFINE_float("sk_ratio", 0.0, "If it is bigger than 0, it will enable SK. Recommendation: 0.0625.")
+flags.DEFINE_float("se_ratio", 0.0, "If it is bigger than 0, it will enable SE.")
+flags.DEFINE_integer("image_size", 224, "Input image size.")
+flags.DEFINE_float("color_jitter_strength", 1.0, "The strength of color jittering.")
+flags.DEFINE_boolean("use_blur", True, "Whether or not to use Gaussian blur for augmentation during pretraining.")
+# TF1 flags that the reference README's commands still pass.
+flags.DEFINE_string("variable_schema", "?!global_step", "TF1 flag (regex of variables to load from --checkpoint); accepted for compatibility, all encoder variables are loaded.")
+flags.DEFINE_integer("train_summary_steps", 0, "Steps between training summaries (TF1 flag; 0 = at every checkpoint).")
+
+# ---- tf_simclr's own flags ------------------------------------------------------
+flags.DEFINE_integer("num_gpus", None, "Local GPUs to use with MirroredStrategy (default: all).")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps run per call into the compiled function (fewer Python round trips).")
+flags.DEFINE_integer("seed", None, "Random seed for weights and augmentation (runs are still not bit-exact without op determinism).")
+
+log = py_logging.getLogger("tf_simclr")
+
+
+def config_from_flags():
+    """Turns the parsed flags into a plain `Config` (the only place flags are read)."""
+    from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
+
+    f = FLAGS
+    model_dir = f.model_dir or os.path.join("runs", f"{f.dataset.replace(':', '_').replace('/', '_')}_{f.train_mode}")
+    return Config(
+        model=ModelConfig(
+            resnet_depth=f.resnet_depth, width_multiplier=f.width_multiplier, image_size=f.image_size,
+            sk_ratio=f.sk_ratio, se_ratio=f.se_ratio, batch_norm_decay=f.batch_norm_decay, global_bn=f.global_bn,
+            proj_head_mode=f.proj_head_mode, proj_out_dim=f.proj_out_dim, num_proj_layers=f.num_proj_layers,
+            ft_proj_selector=f.ft_proj_selector,
+        ),
+        data=DataConfig(
+            dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split, eval_split=f.eval_split,
+            image_size=f.image_size, color_jitter_strength=f.color_jitter_strength, use_blur=f.use_blur,
+            cache_dataset=f.cache_dataset,
+        ),
+        train=TrainConfig(
+            model_dir=model_dir, train_mode=f.train_mode, train_batch_size=f.train_batch_size,
+            train_epochs=f.train_epochs, train_steps=f.train_steps, eval_batch_size=f.eval_batch_size,
+            eval_steps=f.eval_steps, learning_rate=f.learning_rate, learning_rate_scaling=f.learning_rate_scaling,
+            warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay, optimizer=f.optimizer, momentum=f.momentum,
+            temperature=f.temperature, hidden_norm=f.hidden_norm,
+            lineareval_while_pretraining=f.lineareval_while_pretraining,
+            fine_tune_after_block=f.fine_tune_after_block, zero_init_logits_layer=f.zero_init_logits_layer,
+            checkpoint=f.checkpoint, checkpoint_epochs=f.checkpoint_epochs, checkpoint_steps=f.checkpoint_steps,
+            keep_checkpoint_max=f.keep_checkpoint_max, summary_steps=f.train_summary_steps,
+            steps_per_execution=f.steps_per_execution, seed=f.seed,
+        ),
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags are written --name=value).")
+    py_logging.getLogger("tf_simclr").setLevel(py_logging.INFO)
+    logging.set_verbosity(logging.INFO)
+
+    from tf_simclr import distribute, train, validate
+
+    config = config_from_flags()
+    try:
+        validate.check_config(config)
+    except ValueError as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    log.info("Model dir: %s", config.train.model_dir)
+    strategy = distribute.create_strategy(
+        use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project,
+        master=FLAGS.master, num_gpus=FLAGS.num_gpus,
+    )
+    model = None
+    if FLAGS.mode in ("train", "train_then_eval"):
+        model = train.train(config, strategy)
+    if FLAGS.mode in ("eval", "train_then_eval"):
+        if config.train.train_mode == "pretrain" and not config.train.lineareval_while_pretraining:
+            log.info("Skipping eval: pretraining without --lineareval_while_pretraining has no supervised head.")
+        else:
+            results = train.evaluate(config, model, strategy)
+            print("Eval results:", " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(results.items())))
+
+
+if __name__ == "__main__":
+    app.run(main)

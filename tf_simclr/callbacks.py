@@ -1,0 +1,122 @@
+"""Keras callbacks that give a run its bookkeeping: checkpoints, stopping, summaries.
+
+They count steps with `optimizer.iterations`, the true global step, so curves and
+checkpoints stay aligned when a run resumes (Keras's own TensorBoard callback
+restarts its batch counter at every `fit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+
+from tf_simclr import checkpoint as ckpt_lib
+
+log = logging.getLogger("tf_simclr")
+
+
+def _global_step(model) -> int:
+    return int(np.asarray(model.optimizer.iterations))
+
+
+class CheckpointAndStop(keras.callbacks.Callback):
+    """Saves a checkpoint every `every_steps` global steps and stops at `total_steps`.
+
+    Args:
+        model_dir: Where checkpoints go.
+        every_steps: Steps between checkpoints.
+        total_steps: The run ends here (the last checkpoint is written then).
+        keep_checkpoint_max: Checkpoints kept on disk.
+        meta: Extra JSON written into each checkpoint (config, dataset, ...).
+        on_save: Called with (path, step) after each checkpoint (exports hook in here).
+    """
+
+    def __init__(self, model_dir: str, every_steps: int, total_steps: int, keep_checkpoint_max: int = 5, meta: Optional[dict] = None, on_save: Optional[Callable] = None):
+        super().__init__()
+        self.model_dir = model_dir
+        self.every_steps = max(1, int(every_steps))
+        self.total_steps = int(total_steps)
+        self.keep_checkpoint_max = keep_checkpoint_max
+        self.meta = meta or {}
+        self.on_save = on_save
+        self._last_saved = None
+
+    def on_train_begin(self, logs=None):
+        self._last_saved = _global_step(self.model)
+        if self._last_saved >= self.total_steps:
+            self.model.stop_training = True
+
+    def save(self, step: int) -> str:
+        path = ckpt_lib.save_checkpoint(self.model_dir, step, self.model, self.model.optimizer, meta=self.meta, max_to_keep=self.keep_checkpoint_max)
+        self._last_saved = step
+        log.info("Saved checkpoint %s", path)
+        if self.on_save is not None:
+            self.on_save(path, step)
+        return path
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _global_step(self.model)
+        if step // self.every_steps > self._last_saved // self.every_steps or step >= self.total_steps:
+            if step != self._last_saved:
+                self.save(step)
+        if step >= self.total_steps:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        step = _global_step(self.model)
+        if step != self._last_saved:
+            self.save(step)
+
+
+class Summaries(keras.callbacks.Callback):
+    """Writes TensorBoard scalars every `every_steps` and a grid of augmented views once.
+
+    Args:
+        log_dir: Summary folder (TensorBoard `--logdir`).
+        every_steps: Steps between scalar summaries.
+        sample_images: Optional `[N, H, W, 3*k]` batch of augmented views (float in
+            [0, 1]) written as images at the start, so users see what the model sees.
+    """
+
+    def __init__(self, log_dir: str, every_steps: int, sample_images=None, prefix: str = "train"):
+        super().__init__()
+        import tensorflow as tf  # TensorBoard writing is TensorFlow glue.
+
+        self._tf = tf
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.every_steps = max(1, int(every_steps))
+        self.sample_images = sample_images
+        self.prefix = prefix
+        self._last_written = -1
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = (time.time(), _global_step(self.model))
+        if self.sample_images is not None:
+            images = np.asarray(self.sample_images)
+            views = np.concatenate(np.split(images, images.shape[-1] // 3, axis=-1), axis=2)  # side by side
+            with self.writer.as_default():
+                self._tf.summary.image(f"{self.prefix}/augmented_views", views, step=_global_step(self.model), max_outputs=8)
+            self.writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _global_step(self.model)
+        if logs and step // self.every_steps > self._last_written // self.every_steps:
+            self.write(step, logs)
+
+    def write(self, step, logs):
+        with self.writer.as_default():
+            for name, value in logs.items():
+                self._tf.summary.scalar(f"{self.prefix}/{name}", float(np.asarray(value)), step=step)
+            t0, s0 = self._start
+            if time.time() > t0 and step > s0:
+                self._tf.summary.scalar(f"{self.prefix}/steps_per_second", (step - s0) / (time.time() - t0), step=step)
+        self.writer.flush()
+        self._last_written = step
+
+    def on_train_end(self, logs=None):
+        self.writer.flush()

@@ -1,0 +1,89 @@
+"""Plain, frozen configuration: what run.py parses flags into, and what Python users build.
+
+Field names and defaults are the reference's flag names and defaults
+(google-research/simclr `tf2/run.py`), so a flag and a field always mean the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The encoder and heads. `image_size <= 32` selects the CIFAR stem, as the reference."""
+
+    resnet_depth: int = 50
+    width_multiplier: float = 1.0
+    image_size: int = 224
+    sk_ratio: float = 0.0
+    se_ratio: float = 0.0
+    batch_norm_decay: float = 0.9
+    global_bn: bool = True
+    proj_head_mode: str = "nonlinear"
+    proj_out_dim: int = 128
+    num_proj_layers: int = 3
+    ft_proj_selector: int = 0
+
+    @property
+    def cifar_stem(self) -> bool:
+        return self.image_size <= 32
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are augmented."""
+
+    dataset: str = "imagenet2012"
+    data_dir: Optional[str] = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    image_size: int = 224
+    color_jitter_strength: float = 1.0
+    use_blur: bool = True
+    cache_dataset: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Objective, optimizer, schedule and bookkeeping of one training run."""
+
+    model_dir: str = "runs/simclr"
+    train_mode: str = "pretrain"
+    train_batch_size: int = 512
+    train_epochs: int = 100
+    train_steps: int = 0
+    eval_batch_size: int = 256
+    eval_steps: int = 0
+    learning_rate: float = 0.3
+    learning_rate_scaling: str = "linear"
+    warmup_epochs: float = 10
+    weight_decay: float = 1e-6
+    optimizer: str = "lars"
+    momentum: float = 0.9
+    temperature: float = 0.1
+    hidden_norm: bool = True
+    lineareval_while_pretraining: bool = True
+    fine_tune_after_block: int = -1
+    zero_init_logits_layer: bool = False
+    checkpoint: Optional[str] = None
+    checkpoint_epochs: int = 1
+    checkpoint_steps: int = 0
+    keep_checkpoint_max: int = 5
+    summary_steps: int = 0
+    steps_per_execution: int = 1
+    seed: Optional[int] = None
+    verbose: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything one run needs: `run.py` builds one from flags."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

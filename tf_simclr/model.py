@@ -1,0 +1,304 @@
+"""The SimCLR model: encoder + projection head (+ supervised head), and its training step.
+
+Chen et al. 2020 (SimCLR) and Chen et al. 2020b (SimCLRv2, "Big Self-Supervised
+Models are Strong Semi-Supervised Learners"). Pretraining, linear evaluation and
+fine-tuning differ only in which head is trained and which variables are frozen,
+so one class with one `train_step` serves all three.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+from keras import ops
+
+from tf_simclr import heads as heads_lib
+from tf_simclr import objective
+from tf_simclr import replica
+from tf_simclr import resnet as resnet_lib
+from tf_simclr.config import ModelConfig
+
+TRAIN_MODES = ("pretrain", "finetune")
+
+
+class SimCLRModel(keras.Model):
+    """Encoder, projection head and an optional supervised (linear) head.
+
+    Called on images `[B, H, W, 3]` (float32 in [0, 1]) it returns a dict of the
+    encoder's intermediate outputs (`initial_conv` ... `final_avg_pool`), the
+    projection head's input and output and, with a supervised head, `logits_sup`.
+    In pretraining, `fit` feeds batches `(images [B, H, W, 6], labels)` that hold two
+    augmented views side by side on the channel axis; in fine-tuning and eval the
+    images have 3 channels.
+
+    Args:
+        encoder: A `resnet.resnet(...)` model returning the dict of outputs.
+        projection_head: `heads.ProjectionHead`.
+        supervised_head: `heads.SupervisedHead` or None.
+        train_mode: 'pretrain' (NT-Xent; the supervised head, if any, learns on
+            stop-gradient features: linear eval while pretraining) or 'finetune'
+            (cross-entropy on the supervised head only).
+        temperature: NT-Xent temperature. Defaults to 0.1.
+        hidden_norm: L2-normalize projections in the loss. Defaults to True.
+        ft_proj_selector: Which projection-head layer feeds the supervised head
+            (0 = the encoder output, -1 = the head's output), as SimCLRv2.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        projection_head: keras.layers.Layer,
+        supervised_head: Optional[keras.layers.Layer] = None,
+        *,
+        train_mode: str = "pretrain",
+        temperature: float = 0.1,
+        hidden_norm: bool = True,
+        ft_proj_selector: int = 0,
+        name: str = "simclr",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}. Received: train_mode={train_mode!r}")
+        if train_mode == "finetune" and supervised_head is None:
+            raise ValueError("train_mode='finetune' needs a supervised_head (the number of classes).")
+        self.encoder = encoder
+        self.projection_head = projection_head
+        self.supervised_head = supervised_head
+        self.train_mode = train_mode
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.ft_proj_selector = ft_proj_selector
+        self.l2_weight_decay = 0.0
+        self.l2_decay_variables: list = []
+        names = ["total_loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_loss", "sup_acc", "weight_decay"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self._eval_trackers = {
+            "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
+            "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
+            "sup_loss": keras.metrics.Mean(name="sup_loss"),
+        }
+
+    # ---------------------------------------------------------------- Forward pass
+    def call(self, images, training=False):
+        outputs = dict(self.encoder(images, training=training))
+        hiddens = self.projection_head(outputs["final_avg_pool"], training=training)
+        outputs["proj_head_input"] = hiddens[0]
+        outputs["proj_head_output"] = hiddens[-1]
+        if self.supervised_head is not None:
+            features = hiddens[self.ft_proj_selector]
+            if self.train_mode == "pretrain":
+                features = ops.stop_gradient(features)  # Linear eval must not shape the encoder.
+            outputs["logits_sup"] = self.supervised_head(features, training=training)
+        return outputs
+
+    def checkpoint_parts(self) -> dict:
+        """Groups saved separately, so a new supervised head can skip a pretraining checkpoint's."""
+        parts = {"encoder": self.encoder, "projection_head": self.projection_head}
+        if self.supervised_head is not None:
+            parts["supervised_head"] = self.supervised_head
+        return parts
+
+    # ---------------------------------------------------------------- Weight decay
+    def weight_decay_exclusions(self) -> list:
+        """Variables never decayed nor LARS-adapted: batch-norm parameters and biases.
+
+        Decided by layer type and variable role, not by name matching (in Keras 3
+        `variable.name` carries no layer path, which broke the reference's rule).
+        """
+        excluded = {}
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                for v in layer.weights:
+                    excluded[id(v)] = v
+            bias = getattr(layer, "bias", None)
+            if bias is not None and isinstance(bias, keras.Variable):
+                excluded[id(bias)] = bias
+        return list(excluded.values())
+
+    def configure_weight_decay(self, weight_decay: float, optimizer_applies_decay: bool) -> list:
+        """Decides which variables get the L2 penalty in the loss; returns those the optimizer must skip.
+
+        As the reference: with LARS the optimizer decays the encoder and projection
+        head itself, and the loss carries only the supervised head's kernel decay;
+        with momentum or Adam the loss carries decay of every non-batch-norm weight.
+
+        Returns:
+            The variables the optimizer must exclude from its own decay (and, for
+            LARS, from the trust ratio).
+        """
+        excluded = self.weight_decay_exclusions()
+        excluded_ids = {id(v) for v in excluded}
+        self.l2_weight_decay = weight_decay
+        if optimizer_applies_decay:
+            head = self.supervised_head.trainable_weights if self.supervised_head is not None else []
+            head_kernels = [v for v in head if id(v) not in excluded_ids]
+            self.l2_decay_variables = head_kernels
+            return excluded + head_kernels
+        batch_norm_ids = {
+            id(v)
+            for layer in self._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in layer.weights
+        }
+        self.l2_decay_variables = [v for v in self.trainable_weights if id(v) not in batch_norm_ids]
+        return excluded
+
+    def weight_decay_loss(self):
+        if not self.l2_decay_variables or not self.l2_weight_decay:
+            return ops.convert_to_tensor(0.0)
+        trainable_ids = {id(v) for v in self.trainable_weights}
+        terms = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.l2_decay_variables if id(v) in trainable_ids]
+        if not terms:
+            return ops.convert_to_tensor(0.0)
+        return self.l2_weight_decay * 0.5 * ops.sum(ops.stack(terms))
+
+    # ---------------------------------------------------------------- Losses
+    def compute_losses(self, images, labels, training: bool = True):
+        """Backend-neutral loss of one (per-replica) batch.
+
+        Returns:
+            `(total_loss, logs)` where logs maps tracker names to scalar tensors.
+        """
+        logs = {}
+        if self.train_mode == "pretrain":
+            if images.shape[-1] != 6:
+                raise ValueError(
+                    "Pretraining expects two views stacked on the channel axis, images of shape "
+                    f"[B, H, W, 6]. Received shape {tuple(images.shape)}: build the dataset with mode='pretrain'."
+                )
+            view1, view2 = ops.split(images, 2, axis=-1)
+            images = ops.concatenate([view1, view2], axis=0)
+            labels = ops.concatenate([labels, labels], axis=0)
+        outputs = self(images, training=training)
+        total = ops.convert_to_tensor(0.0)
+        if self.train_mode == "pretrain":
+            loss, logits_ab, con_labels = objective.contrastive_loss(
+                outputs["proj_head_output"], hidden_norm=self.hidden_norm, temperature=self.temperature
+            )
+            logs["contrast_loss"] = loss
+            logs["contrast_acc"], logs["contrast_entropy"] = objective.contrastive_metrics(logits_ab, con_labels)
+            total = total + loss
+        if "logits_sup" in outputs:
+            sup_loss, sup_acc = supervised_loss(labels, outputs["logits_sup"])
+            logs["sup_loss"], logs["sup_acc"] = sup_loss, sup_acc
+            total = total + sup_loss
+        decay = self.weight_decay_loss()
+        logs["weight_decay"] = decay
+        logs["total_loss"] = total + decay
+        return logs["total_loss"], logs
+
+    # ---------------------------------------------------------------- Steps (TensorFlow backend)
+    def train_step(self, data):
+        import tensorflow as tf  # The TF trainer's step; the math above is backend-neutral.
+
+        images, labels = data
+        with tf.GradientTape() as tape:
+            total, logs = self.compute_losses(images, labels, training=True)
+            # Keras sums gradients over replicas; dividing gives the global-batch mean.
+            scaled = total / replica.num_replicas()
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        for name, value in logs.items():
+            self._trackers[name].update_state(value)
+        return self._results(include_lr=True)
+
+    def test_step(self, data):
+        images, labels = data
+        if self.supervised_head is None:
+            raise ValueError("Evaluation needs a supervised head: pretrain with lineareval_while_pretraining or fine-tune.")
+        logits = self(images, training=False)["logits_sup"]
+        labels = ops.cast(labels, "int32")
+        sup_loss, _ = supervised_loss(labels, logits)
+        self._eval_trackers["top_1_accuracy"].update_state(labels, logits)
+        if ops.shape(logits)[-1] >= 5:
+            self._eval_trackers["top_5_accuracy"].update_state(labels, logits)
+        self._eval_trackers["sup_loss"].update_state(sup_loss)
+        return {name: m.result() for name, m in self._eval_trackers.items()}
+
+    def _results(self, include_lr=False):
+        results = {name: m.result() for name, m in self._trackers.items() if self._tracked(name)}
+        if include_lr and self.optimizer is not None:
+            results["learning_rate"] = ops.cast(self.optimizer.learning_rate, "float32")
+        return results
+
+    def _tracked(self, name):
+        if name.startswith("contrast"):
+            return self.train_mode == "pretrain"
+        if name.startswith("sup"):
+            return self.supervised_head is not None
+        return True
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._eval_trackers.values())
+
+
+def supervised_loss(labels, logits):
+    """Mean softmax cross-entropy and accuracy over examples with a label (>= 0).
+
+    Unlabeled examples (label -1, e.g. STL-10's `unlabelled` split or a flat image
+    folder) are ignored, so linear eval while pretraining works on mixed data.
+    """
+    labels = ops.cast(labels, "int32")
+    valid = ops.cast(labels >= 0, "float32")
+    safe = ops.maximum(labels, 0)
+    logits = ops.cast(logits, "float32")
+    ce = -ops.take_along_axis(ops.log_softmax(logits, axis=-1), safe[:, None], axis=-1)[:, 0]
+    count = ops.maximum(ops.sum(valid), 1.0)
+    correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), safe), "float32")
+    return ops.sum(ce * valid) / count, ops.sum(correct * valid) / count
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    num_classes: Optional[int] = None,
+    train_mode: str = "pretrain",
+    temperature: float = 0.1,
+    hidden_norm: bool = True,
+    zero_init_logits_layer: bool = False,
+) -> SimCLRModel:
+    """Builds (and initializes) a SimCLR model from a `ModelConfig`.
+
+    Args:
+        config: Encoder and head shapes.
+        num_classes: Adds a supervised head with this many classes (needed for
+            fine-tuning and for linear eval while pretraining). Defaults to None.
+        train_mode: 'pretrain' or 'finetune'.
+        temperature, hidden_norm: NT-Xent settings.
+        zero_init_logits_layer: Start the supervised head at zero.
+    """
+    encoder = resnet_lib.resnet(
+        depth=config.resnet_depth,
+        width_multiplier=config.width_multiplier,
+        cifar_stem=config.cifar_stem,
+        sk_ratio=config.sk_ratio,
+        se_ratio=config.se_ratio,
+        batch_norm_decay=config.batch_norm_decay,
+        global_bn=config.global_bn,
+    )
+    projection_head = heads_lib.ProjectionHead(
+        mode=config.proj_head_mode,
+        out_dim=config.proj_out_dim,
+        num_layers=config.num_proj_layers,
+        batch_norm_decay=config.batch_norm_decay,
+        global_bn=config.global_bn,
+        name="projection_head",
+    )
+    supervised_head = None
+    if num_classes:
+        supervised_head = heads_lib.SupervisedHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
+    model = SimCLRModel(
+        encoder,
+        projection_head,
+        supervised_head,
+        train_mode=train_mode,
+        temperature=temperature,
+        hidden_norm=hidden_norm,
+        ft_proj_selector=config.ft_proj_selector,
+    )
+    model(ops.zeros((1, config.image_size, config.image_size, 3)), training=False)
+    return model

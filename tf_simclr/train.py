@@ -1,0 +1,248 @@
+"""Training, top to bottom: input pipeline, model, optimizer, restore, fit.
+
+One function, `train(config)`, serves pretraining, linear evaluation and
+fine-tuning; the modes differ in the dataset's element format, which head
+trains and which variables are frozen (see `SimCLRModel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from typing import Optional
+
+import keras
+import numpy as np
+
+from tf_simclr import callbacks as callbacks_lib
+from tf_simclr import checkpoint as ckpt_lib
+from tf_simclr import data as data_lib
+from tf_simclr import model as model_lib
+from tf_simclr import optimizers as optimizers_lib
+from tf_simclr import resnet as resnet_lib
+from tf_simclr import schedule as schedule_lib
+from tf_simclr.config import Config
+
+log = logging.getLogger("tf_simclr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Step counts and the learning rate derived from the config and the dataset size."""
+
+    num_train_examples: int
+    epoch_steps: int
+    total_steps: int
+    warmup_steps: int
+    checkpoint_every: int
+    summary_every: int
+    peak_learning_rate: float
+
+
+def make_plan(config: Config, num_train_examples: int) -> Plan:
+    """Derives steps and the scaled learning rate the way the reference does."""
+    t = config.train
+    epoch_steps = max(1, int(round(num_train_examples / t.train_batch_size)))
+    total = schedule_lib.total_train_steps(num_train_examples, t.train_batch_size, t.train_epochs, t.train_steps)
+    every = t.checkpoint_steps or t.checkpoint_epochs * epoch_steps
+    return Plan(
+        num_train_examples=num_train_examples,
+        epoch_steps=epoch_steps,
+        total_steps=total,
+        warmup_steps=schedule_lib.warmup_steps_for(num_train_examples, t.train_batch_size, t.warmup_epochs),
+        checkpoint_every=max(1, min(every, total)),
+        summary_every=t.summary_steps or max(1, min(every, total)),
+        peak_learning_rate=schedule_lib.scale_learning_rate(t.learning_rate, t.train_batch_size, t.learning_rate_scaling),
+    )
+
+
+def create_model(config: Config, num_classes: Optional[int], plan: Plan):
+    """Builds the model and its optimizer and compiles them (call inside `strategy.scope()`)."""
+    t = config.train
+    with_head = t.train_mode == "finetune" or t.lineareval_while_pretraining
+    model = model_lib.build_model(
+        config.model,
+        num_classes=num_classes if with_head else None,
+        train_mode=t.train_mode,
+        temperature=t.temperature,
+        hidden_norm=t.hidden_norm,
+        zero_init_logits_layer=t.zero_init_logits_layer,
+    )
+    if t.train_mode == "finetune":
+        freeze_up_to_block(model, t.fine_tune_after_block)
+    elif t.fine_tune_after_block > -1:
+        raise ValueError(
+            f"--fine_tune_after_block={t.fine_tune_after_block} freezes layers, which pretraining does not "
+            "support: use --fine_tune_after_block=-1 with --train_mode=pretrain."
+        )
+    in_optimizer = optimizers_lib.uses_optimizer_weight_decay(t.optimizer)
+    excluded = model.configure_weight_decay(t.weight_decay, optimizer_applies_decay=in_optimizer)
+    learning_rate = schedule_lib.WarmUpAndCosineDecay(plan.peak_learning_rate, plan.warmup_steps, plan.total_steps)
+    optimizer = optimizers_lib.build_optimizer(
+        t.optimizer, learning_rate, momentum=t.momentum, weight_decay=t.weight_decay, excluded_variables=excluded
+    )
+    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def freeze_up_to_block(model: model_lib.SimCLRModel, fine_tune_after_block: int) -> None:
+    """Freezes the stem (block 0) and block groups 1..k, batch-norm statistics included.
+
+    -1 trains everything; 4 freezes the whole encoder (linear evaluation).
+    """
+    if not -1 <= fine_tune_after_block <= 4:
+        raise ValueError(f"--fine_tune_after_block must be in [-1, 4]. Received: {fine_tune_after_block}")
+    for stage in range(fine_tune_after_block + 1):
+        for layer in resnet_lib.stage_layers(model.encoder, stage):
+            layer.trainable = False
+
+
+def restore(model, config: Config) -> int:
+    """Resumes from the newest checkpoint in model_dir, else loads `--checkpoint` weights.
+
+    Returns:
+        The global step training resumes from.
+    """
+    t = config.train
+    latest = ckpt_lib.latest_checkpoint(t.model_dir)
+    if latest:
+        meta = ckpt_lib.restore_checkpoint(latest, model, model.optimizer)
+        log.info("Resumed from %s (step %d)", latest, meta["step"])
+        return int(meta["step"])
+    if t.checkpoint:
+        ckpt_lib.restore_checkpoint(t.checkpoint, model, None, exclude_parts=("supervised_head",))
+        log.info("Initialized the model from %s", t.checkpoint)
+    elif t.train_mode == "finetune":
+        raise ValueError("--train_mode=finetune needs --checkpoint (a pretraining model_dir or checkpoint folder).")
+    return 0
+
+
+def _dataset(config: Config, source, strategy, split: str, is_training: bool, global_batch: int):
+    d = config.data
+    mode = config.train.train_mode if is_training else "eval"
+
+    def dataset_fn(input_context):
+        return data_lib.build_dataset(
+            source,
+            split,
+            batch_size=input_context.get_per_replica_batch_size(global_batch),
+            is_training=is_training,
+            mode=mode,
+            image_size=d.image_size,
+            color_jitter_strength=d.color_jitter_strength,
+            use_blur=d.use_blur,
+            cache=d.cache_dataset,
+            input_context=input_context,
+            seed=config.train.seed,
+        )
+
+    return data_lib.distribute_dataset(strategy, dataset_fn, global_batch)
+
+
+def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
+    """Trains (pretrains or fine-tunes) a model as `config` says, resuming if it can.
+
+    Args:
+        config: The run's configuration.
+        strategy: A `tf.distribute.Strategy`; defaults to the current one.
+
+    Returns:
+        The trained model (its weights are also in the last checkpoint in model_dir).
+    """
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    t = config.train
+    if t.seed is not None:
+        keras.utils.set_random_seed(t.seed)
+
+    # ---- Input pipeline -------------------------------------------------------
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir)
+    plan = make_plan(config, source.num_examples(config.data.train_split))
+    log.info(
+        "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g",
+        t.train_mode, source.name, config.data.train_split, plan.num_train_examples, plan.total_steps,
+        plan.epoch_steps, t.train_batch_size, strategy.num_replicas_in_sync, plan.peak_learning_rate,
+    )
+    dataset = _dataset(config, source, strategy, config.data.train_split, True, t.train_batch_size)
+
+    # ---- Model and restore ------------------------------------------------------
+    os.makedirs(t.model_dir, exist_ok=True)
+    with strategy.scope():
+        model = create_model(config, source.num_classes, plan)
+        start_step = restore(model, config)
+    write_flags(config, t.model_dir)
+
+    # ---- Fit --------------------------------------------------------------------
+    period = plan.checkpoint_every
+    meta = {"config": config.to_dict(), "dataset": source.name, "num_classes": source.num_classes}
+    cbs = [
+        callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta),
+        callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)),
+    ]
+    verbose = t.verbose if (t.verbose != 1 or sys.stdout.isatty()) else 2
+    model.fit(
+        dataset,
+        epochs=math.ceil(plan.total_steps / period),
+        initial_epoch=start_step // period,
+        steps_per_epoch=period,
+        callbacks=cbs,
+        verbose=verbose,
+    )
+    return model
+
+
+def _sample_views(config: Config, source):
+    """A few augmented training examples for the image summary (pretraining only)."""
+    if config.train.train_mode != "pretrain":
+        return None
+    d = config.data
+    ds = data_lib.build_dataset(
+        source, d.train_split, batch_size=4, is_training=True, mode="pretrain", image_size=d.image_size,
+        color_jitter_strength=d.color_jitter_strength, use_blur=d.use_blur, shuffle_buffer=16,
+    )
+    images, _ = next(iter(ds))
+    return images.numpy()
+
+
+def write_flags(config: Config, model_dir: str) -> None:
+    """Writes flags.json (the reference's name) atomically."""
+    path = os.path.join(model_dir, "flags.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def evaluate(config: Config, model=None, strategy=None, checkpoint: Optional[str] = None) -> dict:
+    """Top-1/top-5 accuracy and loss of the supervised head on the eval split.
+
+    Writes `result.json` and `result_<step>.json` to model_dir, as the reference.
+    """
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    t = config.train
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir)
+    plan = make_plan(config, source.num_examples(config.data.train_split))
+    with strategy.scope():
+        if model is None:
+            model = create_model(config, source.num_classes, plan)
+        path = ckpt_lib.resolve_checkpoint(checkpoint or t.model_dir)
+        step = int(ckpt_lib.restore_checkpoint(path, model, None)["step"])
+    dataset = _dataset(config, source, strategy, config.data.eval_split, False, t.eval_batch_size)
+    results = model.evaluate(dataset, steps=t.eval_steps or None, return_dict=True, verbose=0)
+    results = {k: float(v) for k, v in results.items()}
+    results["global_step"] = step
+    for name in ("result.json", f"result_{step}.json"):
+        tmp = os.path.join(t.model_dir, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(t.model_dir, name))
+    log.info("Eval at step %d: %s", step, results)
+    return results

@@ -17,6 +17,7 @@ setup(
         # tensorflow-datasets needs it to prepare datasets but does not require it.
         "importlib_resources",
         "tensorflow-hub>=0.16",
+        "tensorboard",  # tf.summary needs it; TensorFlow 2.21 no longer installs it.
         "absl-py",
         "numpy",
         "pillow",

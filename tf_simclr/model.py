@@ -71,7 +71,8 @@ class SimCLRModel(keras.Model):
         self.hidden_norm = hidden_norm
         self.ft_proj_selector = ft_proj_selector
         self.l2_weight_decay = 0.0
-        self.l2_decay_variables: list = []
+        # Ids, not a list: Keras would track a list of variables as new state.
+        self._l2_decay_ids: frozenset = frozenset()
         names = ["total_loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_loss", "sup_acc", "weight_decay"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self._eval_trackers = {
@@ -134,7 +135,7 @@ class SimCLRModel(keras.Model):
         if optimizer_applies_decay:
             head = self.supervised_head.trainable_weights if self.supervised_head is not None else []
             head_kernels = [v for v in head if id(v) not in excluded_ids]
-            self.l2_decay_variables = head_kernels
+            self._l2_decay_ids = frozenset(id(v) for v in head_kernels)
             return excluded + head_kernels
         batch_norm_ids = {
             id(v)
@@ -142,14 +143,18 @@ class SimCLRModel(keras.Model):
             if isinstance(layer, keras.layers.BatchNormalization)
             for v in layer.weights
         }
-        self.l2_decay_variables = [v for v in self.trainable_weights if id(v) not in batch_norm_ids]
+        self._l2_decay_ids = frozenset(id(v) for v in self.trainable_weights if id(v) not in batch_norm_ids)
         return excluded
 
+    def l2_decay_variables(self) -> list:
+        """Trainable variables whose L2 penalty is added to the loss (frozen ones drop out)."""
+        return [v for v in self.trainable_weights if id(v) in self._l2_decay_ids]
+
     def weight_decay_loss(self):
-        if not self.l2_decay_variables or not self.l2_weight_decay:
+        """`weight_decay * sum(||v||^2 / 2)` over `l2_decay_variables()` (tf.nn.l2_loss convention)."""
+        if not self.l2_weight_decay:
             return ops.convert_to_tensor(0.0)
-        trainable_ids = {id(v) for v in self.trainable_weights}
-        terms = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.l2_decay_variables if id(v) in trainable_ids]
+        terms = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.l2_decay_variables()]
         if not terms:
             return ops.convert_to_tensor(0.0)
         return self.l2_weight_decay * 0.5 * ops.sum(ops.stack(terms))
@@ -219,12 +224,12 @@ class SimCLRModel(keras.Model):
         return {name: m.result() for name, m in self._eval_trackers.items()}
 
     def _results(self, include_lr=False):
-        results = {name: m.result() for name, m in self._trackers.items() if self._tracked(name)}
+        results = {name: m.result() for name, m in self._trackers.items() if self._reports(name)}
         if include_lr and self.optimizer is not None:
             results["learning_rate"] = ops.cast(self.optimizer.learning_rate, "float32")
         return results
 
-    def _tracked(self, name):
+    def _reports(self, name):
         if name.startswith("contrast"):
             return self.train_mode == "pretrain"
         if name.startswith("sup"):

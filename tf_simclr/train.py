@@ -49,11 +49,18 @@ def make_plan(config: Config, num_train_examples: int) -> Plan:
     epoch_steps = max(1, int(round(num_train_examples / t.train_batch_size)))
     total = schedule_lib.total_train_steps(num_train_examples, t.train_batch_size, t.train_epochs, t.train_steps)
     every = t.checkpoint_steps or t.checkpoint_epochs * epoch_steps
+    warmup = schedule_lib.warmup_steps_for(num_train_examples, t.train_batch_size, t.warmup_epochs)
+    if warmup > total:
+        log.warning(
+            "--warmup_epochs=%g is %d steps, more than the %d training steps: warming up over all of them.",
+            t.warmup_epochs, warmup, total,
+        )
+        warmup = total
     return Plan(
         num_train_examples=num_train_examples,
         epoch_steps=epoch_steps,
         total_steps=total,
-        warmup_steps=schedule_lib.warmup_steps_for(num_train_examples, t.train_batch_size, t.warmup_epochs),
+        warmup_steps=warmup,
         checkpoint_every=max(1, min(every, total)),
         summary_every=t.summary_steps or max(1, min(every, total)),
         peak_learning_rate=schedule_lib.scale_learning_rate(t.learning_rate, t.train_batch_size, t.learning_rate_scaling),
@@ -141,7 +148,8 @@ def _dataset(config: Config, source, strategy, split: str, is_training: bool, gl
             seed=config.train.seed,
         )
 
-    return data_lib.distribute_dataset(strategy, dataset_fn, global_batch)
+    flag = "--train_batch_size" if is_training else "--eval_batch_size"
+    return data_lib.distribute_dataset(strategy, dataset_fn, global_batch, flag=flag)
 
 
 def train(config: Config, strategy=None) -> model_lib.SimCLRModel:

@@ -1,0 +1,275 @@
+"""The user's own images as an `ImageSource`: `--dataset=folder:/path/to/images`.
+
+Three layouts are recognised, checked in this order:
+
+1. Split folders: every sub-folder of the root is a split name (`train/`,
+   `validation/`, `test/`, ...); each split holds one sub-folder per class, or
+   images directly (an unlabeled split, label -1).
+2. Class folders: one sub-folder per class. Splits are derived: `train` is 90%
+   of the images, `validation` and `test` (the same images) the other 10%, picked
+   by a hash of each file's path relative to the root, so the split never changes
+   between runs or machines and adding images never moves existing ones.
+3. A flat folder of images: unlabeled (label -1), split `train`, for pretraining.
+
+Class names are sorted and numbered from 0. Images are JPEG or PNG (any case of
+`.jpg`, `.jpeg`, `.png`), of any size: resizing happens in augmentation. Other
+files and hidden entries are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLIT_FOLDER_NAMES = (
+    "train", "validation", "val", "valid", "test", "eval", "unlabeled", "unlabelled",
+)
+HELD_OUT_FRACTION = 0.1
+# Splits derived from a folder of class folders; validation and test are one set.
+DERIVED_SPLITS = ("train", "validation", "test")
+UNLABELED = -1
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """Files of one split and their labels (-1 for unlabeled)."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has a JPEG/PNG extension (case-insensitive)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _subfolders(folder: str) -> list[str]:
+    return sorted(
+        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+    )
+
+
+def _images_in(folder: str, recursive: bool) -> list[str]:
+    """Sorted absolute paths of the images in `folder` (and below when recursive)."""
+    if not recursive:
+        return sorted(
+            e.path for e in os.scandir(folder) if e.is_file() and is_image_file(e.name)
+        )
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    return sorted(found)
+
+
+def held_out(relative_path: str, fraction: float = HELD_OUT_FRACTION) -> bool:
+    """Whether a file belongs to the held-out (validation/test) part.
+
+    A hash of the path, not a random draw: stable across runs, machines and
+    Python versions (`hash()` is salted per process), and independent of which
+    other files exist.
+    """
+    key = relative_path.replace(os.sep, "/").encode("utf-8")
+    value = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+    return value < fraction * 2**64
+
+
+def _class_images(folder: str, class_names: Sequence[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        images = _images_in(os.path.join(folder, name), recursive=True)
+        paths += images
+        labels += [label] * len(images)
+    return paths, labels
+
+
+def _classes_with_images(folder: str) -> list[str]:
+    names = []
+    for name in _subfolders(folder):
+        if _images_in(os.path.join(folder, name), recursive=True):
+            names.append(name)
+        else:
+            log.warning("Ignoring %s: it holds no JPEG/PNG images.", os.path.join(folder, name))
+    return names
+
+
+def _index_split_folders(root: str, splits: Sequence[str]):
+    """Layout 1: root/<split>/<class>/... or root/<split>/<images>."""
+    per_split_classes = {s: _classes_with_images(os.path.join(root, s)) for s in splits}
+    class_names = sorted(set().union(*per_split_classes.values()))
+    index = {}
+    for split in splits:
+        folder = os.path.join(root, split)
+        if per_split_classes[split]:
+            paths, labels = _class_images(folder, per_split_classes[split])
+            # Number classes by their position in the union, not in this split.
+            ids = [class_names.index(per_split_classes[split][i]) for i in labels]
+            index[split] = _Split(tuple(paths), tuple(ids))
+        else:
+            paths = _images_in(folder, recursive=False)
+            index[split] = _Split(tuple(paths), (UNLABELED,) * len(paths))
+    return class_names, index
+
+
+def _index_class_folders(root: str, class_names: Sequence[str], fraction: float):
+    """Layout 2: root/<class>/...; derived train / validation = test splits."""
+    paths, labels = _class_images(root, class_names)
+    train, rest = ([], []), ([], [])
+    for path, label in zip(paths, labels):
+        part = rest if held_out(os.path.relpath(path, root), fraction) else train
+        part[0].append(path)
+        part[1].append(label)
+    held = _Split(tuple(rest[0]), tuple(rest[1]))
+    return {"train": _Split(tuple(train[0]), tuple(train[1])), "validation": held, "test": held}
+
+
+def decode_image(path: tf.Tensor) -> tf.Tensor:
+    """Reads and decodes one JPEG/PNG file into uint8 [H, W, 3]."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+class ImageFolderSource:
+    """Images in a local folder, read with `tf.data`; see the module docstring.
+
+    Attributes:
+      name: `folder:<root>`.
+      root: the folder.
+      class_names: sorted class folder names; label i is class_names[i]. Empty
+        when unlabeled.
+      num_classes: len(class_names); 0 means unlabeled (pretraining only).
+      image_shape: (None, None, 3): sizes vary per image.
+      splits: split names available.
+    """
+
+    image_shape = (None, None, 3)
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        held_out_fraction: float = HELD_OUT_FRACTION,
+        skip_corrupt: bool = False,
+    ):
+        """Indexes the folder (file names only; no image is read here).
+
+        Args:
+          root: folder of images in one of the three layouts.
+          held_out_fraction: share of a class-folder dataset kept for
+            validation/test. Defaults to 0.1.
+          skip_corrupt: drop files that fail to decode instead of failing the
+            pipeline. Defaults to False.
+
+        Raises:
+          FileNotFoundError: `root` does not exist or is not a folder.
+          ValueError: no JPEG/PNG image is found.
+        """
+        root = os.path.abspath(os.path.expanduser(root))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"Image folder not found. Received: folder:{root} (expected a folder of "
+                "class sub-folders, split sub-folders, or images)."
+            )
+        if not 0 < held_out_fraction < 1:
+            raise ValueError(
+                f"held_out_fraction must be in (0, 1). Received: {held_out_fraction}"
+            )
+        self.root = root
+        self.name = f"folder:{root}"
+        self.skip_corrupt = skip_corrupt
+        subfolders = _subfolders(root)
+        if subfolders and all(s.lower() in SPLIT_FOLDER_NAMES for s in subfolders):
+            self.layout = "splits"
+            self.class_names, self._index = _index_split_folders(root, subfolders)
+        elif classes := _classes_with_images(root):
+            self.layout = "classes"
+            self.class_names = classes
+            self._index = _index_class_folders(root, classes, held_out_fraction)
+        else:
+            self.layout = "flat"
+            self.class_names = []
+            images = _images_in(root, recursive=False)
+            self._index = {"train": _Split(tuple(images), (UNLABELED,) * len(images))}
+        if self.layout == "classes" and _images_in(root, recursive=False):
+            log.warning("Ignoring images directly in %s: it has class sub-folders.", root)
+        if not any(s.paths for s in self._index.values()):
+            raise ValueError(
+                f"No JPEG/PNG images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}. "
+                "Put images in class sub-folders (root/<class>/*.jpg), split folders "
+                "(root/train/<class>/*.jpg) or directly in the folder (unlabeled)."
+            )
+        self.class_names = tuple(self.class_names)
+        self.num_classes = len(self.class_names)
+        self.splits = tuple(self._index)
+
+    def __repr__(self) -> str:
+        sizes = {s: len(v.paths) for s, v in self._index.items()}
+        return (
+            f"ImageFolderSource({self.root!r}, layout={self.layout}, "
+            f"classes={self.num_classes}, splits={sizes})"
+        )
+
+    def _split(self, split: str) -> _Split:
+        if split not in self._index:
+            raise ValueError(
+                f"Unknown split for {self.name}. Received: split={split!r}; "
+                f"available: {list(self.splits)}"
+            )
+        return self._index[split]
+
+    def files(self, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The (paths, labels) of a split, sorted by path within each class."""
+        s = self._split(split)
+        return s.paths, s.labels
+
+    def num_examples(self, split: str) -> int:
+        return len(self._split(split).paths)
+
+    def is_labeled(self, split: str) -> bool:
+        """Whether the split's images carry class labels."""
+        return any(label != UNLABELED for label in self._split(split).labels)
+
+    def as_dataset(
+        self,
+        split: str,
+        *,
+        shuffle_files: bool,
+        input_context: Optional[tf.distribute.InputContext] = None,
+        seed: Optional[int] = None,
+    ) -> tf.data.Dataset:
+        """Decoded `(image uint8 [H, W, 3], label int64)` pairs of one split.
+
+        Args:
+          split: a name in `self.splits`.
+          shuffle_files: shuffle the file order, anew on each pass.
+          input_context: shards the files across input pipelines.
+          seed: seed of the file shuffle. Defaults to None (random).
+        """
+        paths, labels = self.files(split)
+        if not paths:
+            raise ValueError(f"Split {split!r} of {self.name} holds no images.")
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(paths, tf.string), tf.constant(labels, tf.int64))
+        )
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if shuffle_files:
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(
+            lambda path, label: (decode_image(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if self.skip_corrupt:
+            # Hook for corrupt files: drop elements whose decode failed.
+            ds = ds.ignore_errors(log_warning=True)
+        return ds
+

@@ -20,3 +20,18 @@ except RuntimeError:  # Devices already initialized by an earlier import.
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes)")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory):
+    """A TFDS data_dir with the genuine fashion_mnist prepared offline (once per session)."""
+    from tf_simclr import fashion_mnist
+
+    if not fashion_mnist.has_source_files():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    fashion_mnist.prepare_fashion_mnist(data_dir)
+    return data_dir

@@ -198,20 +198,21 @@ class SimCLRModel(keras.Model):
     def train_step(self, data):
         import tensorflow as tf  # The TF trainer's step; the math above is backend-neutral.
 
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             total, logs = self.compute_losses(images, labels, training=True)
             # Keras sums gradients over replicas; dividing gives the global-batch mean.
             scaled = total / replica.num_replicas()
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        learning_rate = ops.cast(self.optimizer.learning_rate, "float32")  # The rate this step uses.
         self.optimizer.apply_gradients(zip(gradients, variables))
         for name, value in logs.items():
             self._trackers[name].update_state(value)
-        return self._results(include_lr=True)
+        return {**self._results(), "learning_rate": learning_rate}
 
     def test_step(self, data):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.supervised_head is None:
             raise ValueError("Evaluation needs a supervised head: pretrain with lineareval_while_pretraining or fine-tune.")
         logits = self(images, training=False)["logits_sup"]
@@ -223,11 +224,8 @@ class SimCLRModel(keras.Model):
         self._eval_trackers["sup_loss"].update_state(sup_loss)
         return {name: m.result() for name, m in self._eval_trackers.items()}
 
-    def _results(self, include_lr=False):
-        results = {name: m.result() for name, m in self._trackers.items() if self._reports(name)}
-        if include_lr and self.optimizer is not None:
-            results["learning_rate"] = ops.cast(self.optimizer.learning_rate, "float32")
-        return results
+    def _results(self):
+        return {name: m.result() for name, m in self._trackers.items() if self._reports(name)}
 
     def _reports(self, name):
         if name.startswith("contrast"):

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -152,12 +152,13 @@ def _dataset(config: Config, source, strategy, split: str, is_training: bool, gl
     return data_lib.distribute_dataset(strategy, dataset_fn, global_batch, flag=flag)
 
 
-def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
+def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> model_lib.SimCLRModel:
     """Trains (pretrains or fine-tunes) a model as `config` says, resuming if it can.
 
     Args:
         config: The run's configuration.
         strategy: A `tf.distribute.Strategy`; defaults to the current one.
+        callbacks: Extra Keras callbacks (run after checkpointing and summaries).
 
     Returns:
         The trained model (its weights are also in the last checkpoint in model_dir).
@@ -170,7 +171,7 @@ def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
         keras.utils.set_random_seed(t.seed)
 
     # ---- Input pipeline -------------------------------------------------------
-    source = data_lib.load_source(config.data.dataset, config.data.data_dir)
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split])
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(
         "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g",
@@ -182,7 +183,7 @@ def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
     # ---- Model and restore ------------------------------------------------------
     os.makedirs(t.model_dir, exist_ok=True)
     with strategy.scope():
-        model = create_model(config, source.num_classes, plan)
+        model = create_model(config, source.num_classes or None, plan)
         start_step = restore(model, config)
     write_flags(config, t.model_dir)
 
@@ -192,6 +193,7 @@ def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
     cbs = [
         callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta),
         callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)),
+        *callbacks,
     ]
     verbose = t.verbose if (t.verbose != 1 or sys.stdout.isatty()) else 2
     model.fit(
@@ -201,6 +203,7 @@ def train(config: Config, strategy=None) -> model_lib.SimCLRModel:
         steps_per_epoch=period,
         callbacks=cbs,
         verbose=verbose,
+        shuffle=False,  # The tf.data pipeline shuffles.
     )
     return model
 
@@ -236,11 +239,11 @@ def evaluate(config: Config, model=None, strategy=None, checkpoint: Optional[str
 
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
-    source = data_lib.load_source(config.data.dataset, config.data.data_dir)
-    plan = make_plan(config, source.num_examples(config.data.train_split))
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.eval_split])
     with strategy.scope():
         if model is None:
-            model = create_model(config, source.num_classes, plan)
+            plan = make_plan(config, source.num_examples(config.data.train_split))
+            model = create_model(config, source.num_classes or None, plan)
         path = ckpt_lib.resolve_checkpoint(checkpoint or t.model_dir)
         step = int(ckpt_lib.restore_checkpoint(path, model, None)["step"])
     dataset = _dataset(config, source, strategy, config.data.eval_split, False, t.eval_batch_size)

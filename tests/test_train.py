@@ -1,0 +1,88 @@
+"""End to end on real Fashion-MNIST: pretraining learns, and an interrupted run resumes."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tf_simclr import checkpoint as ckpt_lib
+from tf_simclr import train as train_lib
+from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(data_dir, model_dir, **train_overrides):
+    train = dict(
+        model_dir=model_dir, train_batch_size=32, train_steps=80, checkpoint_steps=20, learning_rate=1.0,
+        warmup_epochs=0, weight_decay=1e-4, temperature=0.5, seed=1, verbose=0,
+    )
+    train.update(train_overrides)
+    return Config(
+        model=ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, proj_out_dim=16, num_proj_layers=2),
+        data=DataConfig(dataset="fashion_mnist", data_dir=data_dir, eval_split="test", image_size=16, use_blur=False, color_jitter_strength=0.5),
+        train=TrainConfig(**train),
+    )
+
+
+class StepRecorder(keras.callbacks.Callback):
+    def __init__(self, crash_at=None):
+        super().__init__()
+        self.crash_at = crash_at
+        self.first_step = None
+        self.logs = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_step is None:
+            self.first_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append({k: float(v) for k, v in logs.items()})
+        if self.crash_at is not None and int(self.model.optimizer.iterations.numpy()) >= self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    config = tiny_config(fashion_mnist_dir, model_dir)
+
+    crashing = StepRecorder(crash_at=50)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(config, callbacks=[crashing])
+    assert ckpt_lib.checkpoint_steps(model_dir) == [20, 40]
+    assert not [n for n in os.listdir(model_dir) if n.startswith(".tmp")]
+
+    resumed = StepRecorder()
+    model = train_lib.train(config, callbacks=[resumed])
+    assert resumed.first_step == 40  # Step count restored, not restarted.
+    assert int(model.optimizer.iterations.numpy()) == 80
+    assert ckpt_lib.checkpoint_steps(model_dir)[-1] == 80
+
+    # Learning: the contrastive task gets easier over the run (crash run's first steps vs resumed run's last).
+    first = crashing.logs[:10]
+    last = resumed.logs[-10:]
+    mean = lambda rows, k: np.mean([r[k] for r in rows])  # noqa: E731
+    assert mean(last, "contrast_loss") < mean(first, "contrast_loss") - 0.2
+    assert mean(last, "contrast_acc") > mean(first, "contrast_acc") + 0.05
+    assert 0 < resumed.logs[-1]["learning_rate"] < crashing.logs[0]["learning_rate"]  # Cosine decay continued.
+
+    # The run's bookkeeping: flags.json, TensorBoard events with the reference's summary names.
+    with open(os.path.join(model_dir, "flags.json")) as f:
+        assert json.load(f)["train"]["train_steps"] == 80
+    events = os.listdir(os.path.join(model_dir, "train"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+    results = train_lib.evaluate(config, model)
+    assert results["global_step"] == 80 and 0.0 <= results["top_1_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(model_dir, "result_80.json"))
+
+
+def test_finished_run_does_not_train_again(fashion_mnist_dir, tmp_path):
+    model_dir = str(tmp_path / "done")
+    config = tiny_config(fashion_mnist_dir, model_dir, train_steps=4, checkpoint_steps=2)
+    train_lib.train(config)
+    recorder = StepRecorder()
+    train_lib.train(config, callbacks=[recorder])
+    assert recorder.logs == [] and ckpt_lib.checkpoint_steps(model_dir) == [2, 4]

@@ -7,7 +7,6 @@ once per module (marked slow) and every check reads that one copy.
 import gzip
 import hashlib
 import os
-import time
 
 import numpy as np
 import pytest
@@ -37,20 +36,16 @@ def _hash(image):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    start = time.monotonic()
-    builder = fashion_mnist.prepare_fashion_mnist(data_dir)
-    seconds = time.monotonic() - start
-    print(f"\nprepare_fashion_mnist took {seconds:.1f} s")
-    return data_dir, builder, seconds
+def prepared(fashion_mnist_dir):
+    """The session's prepared copy (conftest.py); preparing again must reuse it."""
+    builder = fashion_mnist.prepare_fashion_mnist(fashion_mnist_dir)
+    return fashion_mnist_dir, builder
 
 
 @needs_files
 @pytest.mark.slow
 def test_info_matches_the_registered_builder(prepared):
-    data_dir, builder, seconds = prepared
-    assert seconds < 120
+    data_dir, builder = prepared
     registered = tfds.builder("fashion_mnist", data_dir=str(data_dir) + "_unused")
     assert builder.is_prepared()
     assert str(builder.version) == str(registered.version)
@@ -72,7 +67,7 @@ def test_info_matches_the_registered_builder(prepared):
 @needs_files
 @pytest.mark.slow
 def test_examples_match_the_raw_idx_files(prepared):
-    data_dir, _, _ = prepared
+    data_dir, _ = prepared
     raw_labels = {}
     for prefix in ("train", "t10k"):
         images = _read_idx(f"{prefix}-images-idx3-ubyte.gz")
@@ -99,13 +94,11 @@ def test_examples_match_the_raw_idx_files(prepared):
 @needs_files
 @pytest.mark.slow
 def test_preparing_again_reuses_the_dataset(prepared, capsys):
-    data_dir, builder, _ = prepared
+    data_dir, builder = prepared
     info_file = os.path.join(builder.data_dir, "dataset_info.json")
     mtime = os.path.getmtime(info_file)
-    start = time.monotonic()
     fashion_mnist.main(["--data_dir", data_dir])
-    assert time.monotonic() - start < 10
-    assert os.path.getmtime(info_file) == mtime
+    assert os.path.getmtime(info_file) == mtime  # Nothing regenerated.
     assert "'train': 60000" in capsys.readouterr().out
 
 
@@ -159,7 +152,7 @@ def test_failed_generation_leaves_no_dataset(tmp_path, monkeypatch):
 def test_pipeline_reads_the_prepared_dataset(prepared):
     from tf_simclr import data
 
-    data_dir, _, _ = prepared
+    data_dir, _ = prepared
     source = data.load_source("fashion_mnist", data_dir, splits=["train", "test"])
     assert source.num_classes == 10 and source.image_shape == (28, 28, 1)
     assert source.num_examples("train[:10%]") == 6000

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr import lars, objective, optimizers
+from tf_simclr import objective, optimizers
 from tf_simclr.config import ModelConfig
 from tf_simclr.model import build_model, supervised_loss
 

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

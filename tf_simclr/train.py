@@ -16,7 +16,6 @@ import sys
 from typing import Optional, Sequence
 
 import keras
-import numpy as np
 
 from tf_simclr import callbacks as callbacks_lib
 from tf_simclr import checkpoint as ckpt_lib

@@ -137,7 +137,7 @@ def main(argv):
         if config.train.train_mode == "pretrain" and not config.train.lineareval_while_pretraining:
             log.info("Skipping eval: pretraining without --lineareval_while_pretraining has no supervised head.")
         else:
-            results = train.evaluate(config, model, strategy)
+            results = train.evaluate_checkpoint(config, model, strategy)
             print("Eval results:", " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(results.items())))
 
 

@@ -74,7 +74,7 @@ def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_pat
     events = os.listdir(os.path.join(model_dir, "train"))
     assert any(name.startswith("events.out.tfevents") for name in events)
 
-    results = train_lib.evaluate(config, model)
+    results = train_lib.evaluate_checkpoint(config, model)
     assert results["global_step"] == 80 and 0.0 <= results["top_1_accuracy"] <= 1.0
     assert os.path.exists(os.path.join(model_dir, "result_80.json"))
 

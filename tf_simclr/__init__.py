@@ -25,12 +25,12 @@ from tf_simclr.objective import contrastive_loss, contrastive_metrics
 from tf_simclr.optimizers import build_optimizer
 from tf_simclr.resnet import resnet
 from tf_simclr.schedule import WarmUpAndCosineDecay, scale_learning_rate
-from tf_simclr.train import evaluate, train
+from tf_simclr.train import evaluate_checkpoint, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_dataset", "load_source", "ProjectionHead",
     "SupervisedHead", "LARS", "SimCLRModel", "build_model", "contrastive_loss", "contrastive_metrics",
-    "build_optimizer", "resnet", "WarmUpAndCosineDecay", "scale_learning_rate", "evaluate", "train",
+    "build_optimizer", "resnet", "WarmUpAndCosineDecay", "scale_learning_rate", "evaluate_checkpoint", "train",
 ]

@@ -229,7 +229,7 @@ def write_flags(config: Config, model_dir: str) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(config: Config, model=None, strategy=None, checkpoint: Optional[str] = None) -> dict:
+def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: Optional[str] = None) -> dict:
     """Top-1/top-5 accuracy and loss of the supervised head on the eval split.
 
     Writes `result.json` and `result_<step>.json` to model_dir, as the reference.

@@ -14,6 +14,10 @@ The package, one concern per module:
     train       the training loop (fit), restore and evaluation
     checkpoint  atomic, backend-neutral checkpoints
     distribute  choosing a tf.distribute strategy;  replica: cross-replica context
+    evaluate    frozen-feature protocols (linear probe, kNN);  subsets: label fractions
+    export      SavedModel / TF-Hub modules and `load_encoder`
+
+Run a whole configured job with `tf_simclr.train.train(config)` (what run.py does).
 """
 
 from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -23,14 +27,12 @@ from tf_simclr.lars import LARS
 from tf_simclr.model import SimCLRModel, build_model
 from tf_simclr.objective import contrastive_loss, contrastive_metrics
 from tf_simclr.optimizers import build_optimizer
-from tf_simclr.resnet import resnet
 from tf_simclr.schedule import WarmUpAndCosineDecay, scale_learning_rate
-from tf_simclr.train import evaluate_checkpoint, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_dataset", "load_source", "ProjectionHead",
     "SupervisedHead", "LARS", "SimCLRModel", "build_model", "contrastive_loss", "contrastive_metrics",
-    "build_optimizer", "resnet", "WarmUpAndCosineDecay", "scale_learning_rate", "evaluate_checkpoint", "train",
+    "build_optimizer", "WarmUpAndCosineDecay", "scale_learning_rate",
 ]

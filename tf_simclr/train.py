@@ -55,12 +55,20 @@ def make_plan(config: Config, num_train_examples: int) -> Plan:
             t.warmup_epochs, warmup, total,
         )
         warmup = total
+    spe = t.steps_per_execution
+    checkpoint_every = max(1, min(every, total))
+    if spe > 1 and (total % spe or checkpoint_every % spe):
+        raise ValueError(
+            f"--steps_per_execution={spe} must divide both the training steps ({total}) and the steps between "
+            f"checkpoints ({checkpoint_every}), or runs would overshoot them; set --train_steps and "
+            f"--checkpoint_steps to multiples of {spe}, or lower --steps_per_execution."
+        )
     return Plan(
         num_train_examples=num_train_examples,
         epoch_steps=epoch_steps,
         total_steps=total,
         warmup_steps=warmup,
-        checkpoint_every=max(1, min(every, total)),
+        checkpoint_every=checkpoint_every,
         summary_every=t.summary_steps or max(1, min(every, total)),
         peak_learning_rate=schedule_lib.scale_learning_rate(t.learning_rate, t.train_batch_size, t.learning_rate_scaling),
     )
@@ -227,6 +235,19 @@ def write_flags(config: Config, model_dir: str) -> None:
     with open(tmp, "w") as f:
         json.dump(config.to_dict(), f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def load_trained_model(config: Config, strategy=None, checkpoint: Optional[str] = None) -> model_lib.SimCLRModel:
+    """Builds the run's model and loads its newest checkpoint (or `checkpoint`), without training."""
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir, prepare=False)
+    with strategy.scope():
+        plan = make_plan(config, max(1, source.num_examples(config.data.train_split)))
+        model = create_model(config, source.num_classes or None, plan)
+        ckpt_lib.restore_checkpoint(checkpoint or config.train.model_dir, model, None)
+    return model
 
 
 def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: Optional[str] = None) -> dict:

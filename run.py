@@ -34,7 +34,7 @@ flags.DEFINE_integer("checkpoint_steps", 0, "Number of steps between checkpoints
 flags.DEFINE_string("eval_split", "validation", "Split for evaluation.")
 flags.DEFINE_string("dataset", "imagenet2012", "TFDS dataset name, or folder:/path/to/images for your own images.")
 flags.DEFINE_bool("cache_dataset", False, "Whether to cache the entire dataset in memory (good for small datasets).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "train_then_eval"], "Whether to perform training or evaluation.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_then_eval", "export"], "Whether to perform training or evaluation (or export the newest checkpoint of --model_dir, or --checkpoint, as a TF-Hub module).")
 flags.DEFINE_enum("train_mode", "pretrain", ["pretrain", "finetune"], "The train mode controls different objectives and trainable components.")
 flags.DEFINE_bool("lineareval_while_pretraining", True, "Whether to finetune supervised head while pretraining.")
 flags.DEFINE_string("checkpoint", None, "Loading from the given checkpoint for fine-tuning if a finetuning checkpoint does not already exist in model_dir.")
@@ -74,6 +74,9 @@ flags.DEFINE_integer("train_summary_steps", 0, "Steps between training summaries
 flags.DEFINE_integer("num_gpus", None, "Local GPUs to use with MirroredStrategy (default: all).")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps run per call into the compiled function (fewer Python round trips).")
 flags.DEFINE_integer("seed", None, "Random seed for weights and augmentation (runs are still not bit-exact without op determinism).")
+flags.DEFINE_bool("export_at_end", True, "Export a TF-Hub module when training ends (also after pure pretraining).")
+flags.DEFINE_bool("export_every_checkpoint", False, "Also export a TF-Hub module at every checkpoint (--keep_hub_module_max are kept).")
+flags.DEFINE_string("export_dir", None, "Where TF-Hub modules go, one sub-folder per step. Defaults to exported_models/<model_dir name>.")
 flags.DEFINE_bool("feature_eval", False, "After training, score the frozen encoder with a linear probe and kNN (k=200, T=0.1) on --train_split -> --eval_split, next to a randomly initialized encoder of the same shape.")
 flags.DEFINE_integer("feature_eval_examples", 0, "Examples of each split used by --feature_eval (0 = all).")
 
@@ -108,9 +111,23 @@ def config_from_flags():
             fine_tune_after_block=f.fine_tune_after_block, zero_init_logits_layer=f.zero_init_logits_layer,
             checkpoint=f.checkpoint, checkpoint_epochs=f.checkpoint_epochs, checkpoint_steps=f.checkpoint_steps,
             keep_checkpoint_max=f.keep_checkpoint_max, summary_steps=f.train_summary_steps,
+            keep_hub_module_max=f.keep_hub_module_max, export_at_end=f.export_at_end,
+            export_every_checkpoint=f.export_every_checkpoint, export_dir=f.export_dir,
             steps_per_execution=f.steps_per_execution, seed=f.seed,
         ),
     )
+
+
+def _check_splits(config):
+    """Unknown dataset or split names fail here, in seconds, before any training."""
+    from tf_simclr import data
+
+    needed = [config.data.train_split] if FLAGS.mode in ("train", "train_then_eval") else []
+    if FLAGS.mode in ("eval", "train_then_eval") or FLAGS.feature_eval:
+        needed.append(config.data.eval_split)
+    if FLAGS.feature_eval:
+        needed.append(config.data.train_split)
+    data.load_source(config.data.dataset, config.data.data_dir, prepare=False, splits=sorted(set(needed)))
 
 
 def main(argv):
@@ -124,6 +141,7 @@ def main(argv):
     config = config_from_flags()
     try:
         validate.check_config(config)
+        _check_splits(config)
     except ValueError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -132,6 +150,18 @@ def main(argv):
         use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project,
         master=FLAGS.master, num_gpus=FLAGS.num_gpus,
     )
+    if FLAGS.mode == "export":
+        from tf_simclr import checkpoint as ckpt_lib
+        from tf_simclr import export as export_lib
+
+        has_own = ckpt_lib.latest_checkpoint(config.train.model_dir)
+        source = config.train.model_dir if has_own else FLAGS.checkpoint
+        if not source:
+            print(f"run.py: error: --mode=export found no checkpoint in --model_dir={config.train.model_dir}; "
+                  "pass --checkpoint=<model_dir or ckpt folder>.", file=sys.stderr)
+            sys.exit(2)
+        print("Exported to", export_lib.export_from_checkpoint(source, export_dir=FLAGS.export_dir, keep_max=FLAGS.keep_hub_module_max))
+        return
     model = None
     if FLAGS.mode in ("train", "train_then_eval"):
         model = train.train(config, strategy)

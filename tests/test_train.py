@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def tiny_config(data_dir, model_dir, **train_overrides):
     train = dict(
-        model_dir=model_dir, train_batch_size=32, train_steps=80, checkpoint_steps=20, learning_rate=1.0,
+        model_dir=model_dir, export_dir=model_dir + "_exports", train_batch_size=32, train_steps=80, checkpoint_steps=20, learning_rate=1.0,
         warmup_epochs=0, weight_decay=1e-4, temperature=0.5, seed=1, verbose=0,
     )
     train.update(train_overrides)
@@ -73,6 +73,10 @@ def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_pat
         assert json.load(f)["train"]["train_steps"] == 80
     events = os.listdir(os.path.join(model_dir, "train"))
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+    # Pure pretraining still exports (the reference's never does): one module, at the last step.
+    assert os.listdir(model_dir + "_exports") == ["80"]
+    assert os.path.exists(os.path.join(model_dir + "_exports", "80", "saved_model.pb"))
 
     results = train_lib.evaluate_checkpoint(config, model)
     assert results["global_step"] == 80 and 0.0 <= results["top_1_accuracy"] <= 1.0

@@ -71,6 +71,10 @@ class TrainConfig:
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5
+    keep_hub_module_max: int = 1
+    export_at_end: bool = True
+    export_every_checkpoint: bool = False
+    export_dir: Optional[str] = None
     summary_steps: int = 0
     steps_per_execution: int = 1
     seed: Optional[int] = None

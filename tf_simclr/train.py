@@ -20,6 +20,7 @@ import keras
 from tf_simclr import callbacks as callbacks_lib
 from tf_simclr import checkpoint as ckpt_lib
 from tf_simclr import data as data_lib
+from tf_simclr import export as export_lib
 from tf_simclr import model as model_lib
 from tf_simclr import optimizers as optimizers_lib
 from tf_simclr import resnet as resnet_lib
@@ -197,8 +198,15 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     # ---- Fit --------------------------------------------------------------------
     period = plan.checkpoint_every
     meta = {"config": config.to_dict(), "dataset": source.name, "num_classes": source.num_classes}
+    export_base = t.export_dir or export_lib.default_export_dir(t.model_dir)
+
+    def export(step):
+        path = export_lib.export_to_hub_dir(model, export_base, step, keep_max=t.keep_hub_module_max, meta=meta)
+        log.info("Exported TF-Hub module %s", path)
+
+    on_save = (lambda path, step: export(step)) if t.export_every_checkpoint else None
     cbs = [
-        callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta),
+        callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta, on_save=on_save),
         callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)),
         *callbacks,
     ]
@@ -212,6 +220,10 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         verbose=verbose,
         shuffle=False,  # The tf.data pipeline shuffles.
     )
+    # ---- Export (the reference never exports after pure pretraining) ---------------
+    step = int(model.optimizer.iterations.numpy())
+    if t.export_at_end and step not in export_lib.exported_steps(export_base):
+        export(step)
     return model
 
 

@@ -35,3 +35,14 @@ def fashion_mnist_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     fashion_mnist.prepare_fashion_mnist(data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs, shared by every test.
+
+    Separate MirroredStrategy objects in one process can hand out colliding
+    collective-instance keys ("Shape mismatch in the collective instance"), so tests
+    must not create their own.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -254,9 +254,9 @@ def test_fashion_mnist_is_prepared_offline_when_files_exist(tmp_path, monkeypatc
 # ---- distribute_dataset ---------------------------------------------------------------
 
 
-def test_distribute_dataset_gives_each_replica_its_share(class_folder):
+def test_distribute_dataset_gives_each_replica_its_share(class_folder, two_cpu_strategy):
     source, _ = class_folder
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     seen = []
 
     def dataset_fn(ctx):
@@ -274,8 +274,8 @@ def test_distribute_dataset_gives_each_replica_its_share(class_folder):
     assert [x.shape for x in strategy.experimental_local_results(labels)] == [(3,)] * 2
 
 
-def test_distribute_dataset_rejects_indivisible_batch_before_work():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_distribute_dataset_rejects_indivisible_batch_before_work(two_cpu_strategy):
+    strategy = two_cpu_strategy
     calls = []
     with pytest.raises(ValueError, match=r"--eval_batch_size=5.*replicas \(2\).*4 or 6"):
         data.distribute_dataset(strategy, calls.append, 5, flag="--eval_batch_size")

@@ -93,9 +93,9 @@ def exported(live, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def global_bn_export(tmp_path_factory):
+def global_bn_export(tmp_path_factory, two_cpu_strategy):
     """A model trained with synchronized batch norm under MirroredStrategy, exported inside its scope."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     config = tiny_config(global_bn=True, image_size=16)
     with strategy.scope():
         model = build_model(config.model, num_classes=NUM_CLASSES)

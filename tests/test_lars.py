@@ -284,7 +284,7 @@ def test_compile_and_fit_tiny_model(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_mirrored_strategy_matches_single_device():
+def test_mirrored_strategy_matches_single_device(two_cpu_strategy):
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         pytest.skip("needs the 2 logical CPUs set up in conftest.py")
@@ -315,7 +315,7 @@ def test_mirrored_strategy_matches_single_device():
     for _ in range(3):
         train_step(single, single_opt, x, y, 1)
 
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = two_cpu_strategy
     with strategy.scope():
         layer, opt = make()
 

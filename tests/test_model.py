@@ -101,7 +101,7 @@ def test_supervised_loss_ignores_unlabeled_examples():
     np.testing.assert_allclose(float(acc), 0.5)
 
 
-def test_two_replicas_train_like_one():
+def test_two_replicas_train_like_one(two_cpu_strategy):
     """Same global batch on 2 replicas (global BN, gathered negatives) gives the same loss and weights."""
     cfg = ModelConfig(**{**TINY.__dict__, "global_bn": True})
     rng = np.random.default_rng(3)
@@ -131,7 +131,7 @@ def test_two_replicas_train_like_one():
         return initial, [v.numpy() for v in model.weights], history.history["contrast_loss"][0]
 
     init1, w1, loss1 = run(tf.distribute.get_strategy())
-    init2, w2, loss2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    init2, w2, loss2 = run(two_cpu_strategy)
     np.testing.assert_allclose(loss1, loss2, rtol=1e-4)
     for a, b in zip(init1, init2):
         np.testing.assert_array_equal(a, b)

@@ -81,9 +81,9 @@ def test_metrics_match_numpy():
     np.testing.assert_allclose(float(entropy), -np.mean(np.sum(p * np.log(p + 1e-8), 1)), rtol=1e-5)
 
 
-def test_two_replicas_equal_one_replica_loss_and_gradients():
+def test_two_replicas_equal_one_replica_loss_and_gradients(two_cpu_strategy):
     """Each replica holds half the images; summed per-replica gradients of loss/N equal the global ones."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     rng = np.random.default_rng(5)
     x = rng.normal(size=(8, 5)).astype(np.float32)  # 8 images; views are x @ w1 and x @ w2.
     w_init = rng.normal(size=(5, 3)).astype(np.float32)

@@ -373,11 +373,8 @@ def test_serialization_round_trips(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-def test_global_bn_aggregates_statistics_across_replicas():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPUs set up in conftest.py")
-    strategy = tf.distribute.MirroredStrategy(devices[:2])
+def test_global_bn_aggregates_statistics_across_replicas(two_cpu_strategy):
+    strategy = two_cpu_strategy
     with strategy.scope():
         model = resnet_lib._tiny_resnet(global_bn=True, batch_norm_decay=0.5)
     assert model.get_layer("initial_bn").synchronized

@@ -31,9 +31,9 @@ def measure(image_size: int, depth: int, width: float, batch: int, steps: int, s
     images = rng.random((batch, image_size, image_size, 6), dtype=np.float32)
     labels = rng.integers(0, 10, batch).astype("int32")
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    model.fit(dataset, steps_per_epoch=steps_per_execution, epochs=1, verbose=0)  # Trace and warm up.
+    model.fit(dataset, steps_per_epoch=steps_per_execution, epochs=1, verbose=0, shuffle=False)  # Trace, warm up.
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
     return batch * steps / (time.perf_counter() - start)
 
 

@@ -1,0 +1,82 @@
+"""run.py: the reference's published commands parse unchanged; bad flags fail fast and write nothing."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import run  # noqa: E402
+
+# From google-research/simclr's README (TPU paths replaced by local ones).
+REFERENCE_CIFAR10 = (
+    "--train_mode=pretrain --train_batch_size=512 --train_epochs=1000 --learning_rate=1.0 --weight_decay=1e-4 "
+    "--temperature=0.5 --dataset=cifar10 --image_size=32 --eval_split=test --resnet_depth=18 --use_blur=False "
+    "--color_jitter_strength=0.5 --model_dir=/tmp/simclr_test --use_tpu=False"
+)
+REFERENCE_FINETUNE = (
+    "--mode=train_then_eval --train_mode=finetune --fine_tune_after_block=4 --zero_init_logits_layer=True "
+    "--variable_schema=(?!global_step|(?:.*/|^)LARSOptimizer|head) --global_bn=False --optimizer=momentum "
+    "--learning_rate=0.1 --weight_decay=0.0 --train_epochs=100 --train_batch_size=512 --warmup_epochs=0 "
+    "--dataset=imagenet2012 --image_size=224 --eval_split=validation --data_dir=/data --model_dir=/tmp/ft "
+    "--checkpoint=/tmp/simclr_test --use_tpu=False --train_summary_steps=0"
+)
+
+
+def parse(argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["run.py"] + argv)
+    return run.config_from_flags()
+
+
+def test_reference_cifar10_command_parses_with_its_meanings():
+    config = parse(REFERENCE_CIFAR10.split())
+    assert config.model.resnet_depth == 18 and config.model.cifar_stem
+    assert config.train.learning_rate == 1.0 and config.train.temperature == 0.5
+    assert config.data.use_blur is False and config.data.color_jitter_strength == 0.5
+    assert config.train.lineareval_while_pretraining  # The reference's default.
+    assert config.train.optimizer == "lars" and config.train.weight_decay == 1e-4
+
+
+def test_reference_finetune_command_parses_including_tf1_flags():
+    config = parse(REFERENCE_FINETUNE.split())
+    assert config.train.train_mode == "finetune" and config.train.fine_tune_after_block == 4
+    assert config.train.zero_init_logits_layer and config.train.optimizer == "momentum"
+    assert config.train.checkpoint == "/tmp/simclr_test" and config.model.global_bn is False
+
+
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))))
+def test_every_recipe_parses_and_validates(flagfile):
+    from tf_simclr import validate
+
+    config = parse([f"--flagfile={flagfile}"])
+    validate.check_config(config)
+
+
+def test_fractional_width_multiplier():
+    assert parse(["--width_multiplier=0.125"]).model.width_multiplier == 0.125
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--dataset=fashon_mnist"], "Did you mean: fashion_mnist"),
+        (["--resnet_depth=42"], "--resnet_depth"),
+        (["--train_mode=pretrain", "--fine_tune_after_block=2"], "--fine_tune_after_block"),
+        (["--temperature=0"], "--temperature"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, argv, expected):
+    model_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), f"--model_dir={model_dir}", "--use_tpu=False", *argv],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("run.py: error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0]
+    assert not model_dir.exists() and not (tmp_path / "exported_models").exists()

@@ -78,6 +78,11 @@ flags.DEFINE_bool("export_at_end", True, "Export a TF-Hub module when training e
 flags.DEFINE_bool("export_every_checkpoint", False, "Also export a TF-Hub module at every checkpoint (--keep_hub_module_max are kept).")
 flags.DEFINE_string("export_dir", None, "Where TF-Hub modules go, one sub-folder per step. Defaults to exported_models/<model_dir name>.")
 flags.DEFINE_bool("feature_eval", False, "After training, score the frozen encoder with a linear probe and kNN (k=200, T=0.1) on --train_split -> --eval_split, next to a randomly initialized encoder of the same shape.")
+flags.DEFINE_float("train_label_fraction", 0.0, "Train on this class-balanced share of --train_split's labelled examples (0 = all; 0.01 and 0.1 are SimCLR's semi-supervised settings). The ids used are written to <model_dir>/subset_ids.txt.")
+flags.DEFINE_string("train_subset_ids", None, "File of example ids (one per line, like the reference's imagenet_subsets/1percent.txt; file names, image paths relative to a folder dataset, or example indices) to train on instead of all of --train_split.")
+flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_label_fraction draw (same seed, same examples).")
+flags.DEFINE_float("eval_timeout_secs", 3600, "--mode=eval: stop after this many seconds without a new checkpoint in --model_dir.")
+flags.DEFINE_float("eval_poll_secs", 10, "--mode=eval: seconds between looks for new checkpoints.")
 flags.DEFINE_integer("feature_eval_examples", 0, "Examples of each split used by --feature_eval (0 = all).")
 
 log = py_logging.getLogger("tf_simclr")
@@ -114,6 +119,8 @@ def config_from_flags():
             keep_hub_module_max=f.keep_hub_module_max, export_at_end=f.export_at_end,
             export_every_checkpoint=f.export_every_checkpoint, export_dir=f.export_dir,
             steps_per_execution=f.steps_per_execution, seed=f.seed,
+            train_label_fraction=f.train_label_fraction, train_subset_ids=f.train_subset_ids,
+            subset_seed=f.subset_seed,
         ),
     )
 
@@ -128,6 +135,10 @@ def _check_splits(config):
     if FLAGS.feature_eval:
         needed.append(config.data.train_split)
     data.load_source(config.data.dataset, config.data.data_dir, prepare=False, splits=sorted(set(needed)))
+
+
+def _format(results: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(results.items()))
 
 
 def main(argv):
@@ -168,10 +179,17 @@ def main(argv):
     if FLAGS.mode in ("eval", "train_then_eval"):
         if config.train.train_mode == "pretrain" and not config.train.lineareval_while_pretraining:
             log.info("Skipping eval: pretraining without --lineareval_while_pretraining has no supervised head.")
+        elif FLAGS.mode == "eval":
+            from tf_simclr import eval_loop
+
+            # Like the reference: follow the training run, scoring each checkpoint until its last one.
+            for results in eval_loop.eval_loop(
+                config, strategy, timeout_secs=FLAGS.eval_timeout_secs, poll_secs=FLAGS.eval_poll_secs
+            ):
+                print(f"Eval results at step {results['global_step']}:", _format(results))
         else:
             results = train.evaluate_checkpoint(config, model, strategy)
-            print("Eval results (linear head trained during the run):",
-                  " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(results.items())))
+            print("Eval results (supervised head trained during the run):", _format(results))
     if FLAGS.feature_eval:
         from tf_simclr import feature_report
 

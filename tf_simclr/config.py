@@ -79,6 +79,10 @@ class TrainConfig:
     steps_per_execution: int = 1
     seed: Optional[int] = None
     verbose: int = 1
+    # Semi-supervised fine-tuning on a labelled subset (tf_simclr additions; see `subsets`).
+    train_label_fraction: float = 0.0
+    train_subset_ids: Optional[str] = None
+    subset_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

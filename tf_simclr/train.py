@@ -25,6 +25,7 @@ from tf_simclr import model as model_lib
 from tf_simclr import optimizers as optimizers_lib
 from tf_simclr import resnet as resnet_lib
 from tf_simclr import schedule as schedule_lib
+from tf_simclr import subsets as subsets_lib
 from tf_simclr.config import Config
 
 log = logging.getLogger("tf_simclr")
@@ -89,6 +90,7 @@ def create_model(config: Config, num_classes: Optional[int], plan: Plan):
     )
     if t.train_mode == "finetune":
         freeze_up_to_block(model, t.fine_tune_after_block)
+        freeze_unused_projection_layers(model, config.model.ft_proj_selector)
     elif t.fine_tune_after_block > -1:
         raise ValueError(
             f"--fine_tune_after_block={t.fine_tune_after_block} freezes layers, which pretraining does not "
@@ -115,6 +117,20 @@ def freeze_up_to_block(model: model_lib.SimCLRModel, fine_tune_after_block: int)
     for stage in range(fine_tune_after_block + 1):
         for layer in resnet_lib.stage_layers(model.encoder, stage):
             layer.trainable = False
+
+
+def freeze_unused_projection_layers(model: model_lib.SimCLRModel, ft_proj_selector: int) -> None:
+    """Freezes the projection-head layers after the one the supervised head reads (`--ft_proj_selector`).
+
+    They get no gradient when fine-tuning, and their batch-norm statistics must not
+    drift either, so they stay exactly as pretrained (0 freezes the whole head).
+    """
+    head = model.projection_head
+    pairs = list(zip(getattr(head, "dense_layers", []), getattr(head, "bn_layers", [])))
+    first_unused = ft_proj_selector % (len(pairs) + 1)
+    for dense, bn in pairs[first_unused:]:
+        dense.trainable = False
+        bn.trainable = False
 
 
 def restore(model, config: Config) -> int:
@@ -180,6 +196,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
 
     # ---- Input pipeline -------------------------------------------------------
     source = data_lib.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split])
+    source = labelled_subset(config, source)
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(
         "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g",
@@ -194,6 +211,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         model = create_model(config, source.num_classes or None, plan)
         start_step = restore(model, config)
     write_flags(config, t.model_dir)
+    if isinstance(source, subsets_lib.SubsetSource):
+        log.info("Recorded the %d training ids in %s", len(source.ids), subsets_lib.record_subset(t.model_dir, source.ids))
 
     # ---- Fit --------------------------------------------------------------------
     period = plan.checkpoint_every
@@ -225,6 +244,34 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     if t.export_at_end and step not in export_lib.exported_steps(export_base):
         export(step)
     return model
+
+
+def labelled_subset(config: Config, source):
+    """The training split restricted to `--train_subset_ids` or a class-balanced `--train_label_fraction`.
+
+    SimCLR's semi-supervised results fine-tune on 1% or 10% of the labels; a
+    fraction draw is stratified per class and fixed by `--subset_seed`, so two
+    runs with the same seed see the same examples.
+
+    Returns:
+        `source` itself when neither flag is set, else a `subsets.SubsetSource`.
+    """
+    t = config.train
+    if not 0 <= t.train_label_fraction <= 1:
+        raise ValueError(
+            f"--train_label_fraction must be in [0, 1] (0 = all labels, 0.01 = 1%). Received: {t.train_label_fraction}"
+        )
+    if t.train_subset_ids and t.train_label_fraction:
+        raise ValueError(
+            f"Pass --train_subset_ids or --train_label_fraction, not both. Received: "
+            f"train_subset_ids={t.train_subset_ids!r}, train_label_fraction={t.train_label_fraction}"
+        )
+    split = config.data.train_split
+    if t.train_subset_ids:
+        return subsets_lib.subset_source(source, split, t.train_subset_ids)
+    if t.train_label_fraction and t.train_label_fraction < 1:
+        return subsets_lib.subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
+    return source
 
 
 def _sample_views(config: Config, source):

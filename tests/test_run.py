@@ -54,6 +54,8 @@ def test_every_recipe_parses_and_validates(flagfile):
     from tf_simclr import validate
 
     config = parse([f"--flagfile={flagfile}"])
+    if config.train.train_mode == "finetune" and not config.train.checkpoint:
+        config = parse([f"--flagfile={flagfile}", "--checkpoint=/pretrained"])  # The user's part of the command.
     validate.check_config(config)
 
 
@@ -68,6 +70,8 @@ def test_fractional_width_multiplier():
         (["--resnet_depth=42"], "--resnet_depth"),
         (["--train_mode=pretrain", "--fine_tune_after_block=2"], "--fine_tune_after_block"),
         (["--temperature=0"], "--temperature"),
+        (["--train_label_fraction=0.1", "--train_subset_ids=ids.txt"], "not both"),
+        (["--train_mode=finetune"], "--checkpoint"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, argv, expected):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tf_simclr.config import Config
 
 VALID_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -40,3 +42,9 @@ def check_config(config: Config) -> None:
         raise ValueError("--checkpoint_epochs must be >= 1 (or set --checkpoint_steps > 0).")
     if t.steps_per_execution < 1:
         raise ValueError(f"--steps_per_execution must be >= 1. Received: {t.steps_per_execution}")
+    if not 0 <= t.train_label_fraction <= 1:
+        raise ValueError(f"--train_label_fraction must be in [0, 1] (0 = all labels, 0.01 = 1%). Received: {t.train_label_fraction}")
+    if t.train_subset_ids and t.train_label_fraction:
+        raise ValueError("Pass --train_subset_ids or --train_label_fraction, not both.")
+    if t.train_mode == "finetune" and not t.checkpoint and not os.path.isdir(t.model_dir):
+        raise ValueError("--train_mode=finetune needs --checkpoint (a pretraining model_dir or ckpt-<step> folder).")

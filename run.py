@@ -77,6 +77,7 @@ flags.DEFINE_integer("seed", None, "Random seed for weights and augmentation (ru
 flags.DEFINE_bool("export_at_end", True, "Export a TF-Hub module when training ends (also after pure pretraining).")
 flags.DEFINE_bool("export_every_checkpoint", False, "Also export a TF-Hub module at every checkpoint (--keep_hub_module_max are kept).")
 flags.DEFINE_string("export_dir", None, "Where TF-Hub modules go, one sub-folder per step. Defaults to exported_models/<model_dir name>.")
+flags.DEFINE_integer("knn_monitor_examples", 0, "If > 0, report weighted kNN accuracy (k=200, T=0.1) of the frozen encoder at every checkpoint, on this many --train_split and --eval_split images: a learning curve during pretraining.")
 flags.DEFINE_bool("feature_eval", False, "After training, score the frozen encoder with a linear probe and kNN (k=200, T=0.1) on --train_split -> --eval_split, next to a randomly initialized encoder of the same shape.")
 flags.DEFINE_float("train_label_fraction", 0.0, "Train on this class-balanced share of --train_split's labelled examples (0 = all; 0.01 and 0.1 are SimCLR's semi-supervised settings). The ids used are written to <model_dir>/subset_ids.txt.")
 flags.DEFINE_string("train_subset_ids", None, "File of example ids (one per line, like the reference's imagenet_subsets/1percent.txt; file names, image paths relative to a folder dataset, or example indices) to train on instead of all of --train_split.")
@@ -117,6 +118,7 @@ def config_from_flags():
             checkpoint=f.checkpoint, checkpoint_epochs=f.checkpoint_epochs, checkpoint_steps=f.checkpoint_steps,
             keep_checkpoint_max=f.keep_checkpoint_max, summary_steps=f.train_summary_steps,
             keep_hub_module_max=f.keep_hub_module_max, export_at_end=f.export_at_end,
+            knn_monitor_examples=f.knn_monitor_examples,
             export_every_checkpoint=f.export_every_checkpoint, export_dir=f.export_dir,
             steps_per_execution=f.steps_per_execution, seed=f.seed,
             train_label_fraction=f.train_label_fraction, train_subset_ids=f.train_subset_ids,
@@ -130,7 +132,7 @@ def _check_splits(config):
     from tf_simclr import data
 
     needed = [config.data.train_split] if FLAGS.mode in ("train", "train_then_eval") else []
-    if FLAGS.mode in ("eval", "train_then_eval") or FLAGS.feature_eval:
+    if FLAGS.mode in ("eval", "train_then_eval") or FLAGS.feature_eval or FLAGS.knn_monitor_examples:
         needed.append(config.data.eval_split)
     if FLAGS.feature_eval:
         needed.append(config.data.train_split)

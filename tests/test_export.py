@@ -398,3 +398,22 @@ def test_export_needs_a_known_image_size(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         export.export_saved_model(model, str(tmp_path / "m"), step=0)
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_fine_tuning_can_start_from_an_export(live, exported):
+    """`--checkpoint` may name an export: its encoder and projection head load into a fresh model."""
+    model, config = live
+    fresh = build_model(config.model, num_classes=NUM_CLASSES)
+    assert export.is_export(exported) and not export.is_export(os.path.dirname(exported) + "/missing")
+    export.restore_from_export(fresh, exported)
+    for part in ("encoder", "projection_head"):
+        for a, b in zip(getattr(model, part).weights, getattr(fresh, part).weights):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = images(2)
+    close(fresh(x, training=False)["proj_head_output"], model(x, training=False)["proj_head_output"])
+
+    wider = build_model(ModelConfig(**{**config.model.__dict__, "width_multiplier": 0.25}))
+    from tf_simclr.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="does not fit"):
+        export.restore_from_export(wider, exported)

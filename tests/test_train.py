@@ -36,10 +36,15 @@ class StepRecorder(keras.callbacks.Callback):
         self.crash_at = crash_at
         self.first_step = None
         self.logs = []
+        self.epoch_logs = []
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.first_step is None:
             self.first_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "knn_top_1" in (logs or {}):
+            self.epoch_logs.append({"step": int(self.model.optimizer.iterations.numpy()), "knn_top_1": logs["knn_top_1"]})
 
     def on_train_batch_end(self, batch, logs=None):
         self.logs.append({k: float(v) for k, v in logs.items()})
@@ -58,7 +63,12 @@ def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_pat
     assert not [n for n in os.listdir(model_dir) if n.startswith(".tmp")]
 
     resumed = StepRecorder()
-    model = train_lib.train(config, callbacks=[resumed])
+    monitored = tiny_config(fashion_mnist_dir, model_dir, knn_monitor_examples=500)  # Same run, plus a kNN curve.
+    model = train_lib.train(monitored, callbacks=[resumed])
+    # The kNN monitor reported a learning curve point at each checkpoint period of the resumed run.
+    assert [e["step"] for e in resumed.epoch_logs] == [60, 80]
+    assert all(0.1 < e["knn_top_1"] <= 1.0 for e in resumed.epoch_logs)  # Above chance (10 classes).
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(model_dir, "eval")))
     assert resumed.first_step == 40  # Step count restored, not restarted.
     assert int(model.optimizer.iterations.numpy()) == 80
     assert ckpt_lib.checkpoint_steps(model_dir)[-1] == 80

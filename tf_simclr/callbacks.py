@@ -120,3 +120,47 @@ class Summaries(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.writer.flush()
+
+
+class KnnMonitor(keras.callbacks.Callback):
+    """Weighted kNN accuracy of the frozen encoder at the end of every fit epoch (checkpoint period).
+
+    A cheap learning curve for pretraining (the reference evaluates only at the
+    end): features of a labelled train subset fill the memory bank, a test subset
+    is classified with InstDisc's weighted cosine kNN (k=200, T=0.1).
+
+    Args:
+        train_dataset, test_dataset: Batched `(images, labels)` eval-mode datasets (finite).
+        num_classes: Number of classes.
+        log_dir: Optional TensorBoard folder for the `knn_top_1` curve.
+    """
+
+    def __init__(self, train_dataset, test_dataset, num_classes: int, log_dir: Optional[str] = None):
+        super().__init__()
+        self.train_dataset = train_dataset
+        self.test_dataset = test_dataset
+        self.num_classes = num_classes
+        self.log_dir = log_dir
+        self.history: list[tuple[int, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tf_simclr import evaluate as evaluate_lib
+
+        x_train, y_train = evaluate_lib.extract_features(self.model, self.train_dataset, log_every=10**9)
+        x_test, y_test = evaluate_lib.extract_features(self.model, self.test_dataset, log_every=10**9)
+        keep_train, keep_test = y_train >= 0, y_test >= 0
+        accuracy = evaluate_lib.knn_accuracy(
+            x_train[keep_train], y_train[keep_train], x_test[keep_test], y_test[keep_test], num_classes=self.num_classes
+        )
+        step = _global_step(self.model)
+        self.history.append((step, accuracy))
+        log.info("kNN monitor at step %d: top-1 %.4f (%d train / %d test examples)", step, accuracy, keep_train.sum(), keep_test.sum())
+        if logs is not None:
+            logs["knn_top_1"] = accuracy
+        if self.log_dir:
+            import tensorflow as tf
+
+            writer = tf.summary.create_file_writer(self.log_dir)
+            with writer.as_default():
+                tf.summary.scalar("eval/knn_top_1", accuracy, step=step)
+            writer.flush()

@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
+    knn_monitor_examples: int = 0
     export_at_end: bool = True
     export_every_checkpoint: bool = False
     export_dir: Optional[str] = None

@@ -624,3 +624,41 @@ if __name__ == "__main__":
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)  # Our progress lines only; TensorFlow's INFO chatter stays off.
     main(sys.argv[1:])
+
+
+def restore_from_export(model, path: str) -> dict:
+    """Loads an export's encoder and projection head into `model` (fine-tuning from a TF-Hub module).
+
+    Lets `--checkpoint` name an export as well as a training checkpoint. Every
+    shape is checked before anything is assigned.
+
+    Args:
+        model: A built `SimCLRModel` of the export's architecture.
+        path: A module folder or a base folder of `<step>/` modules.
+
+    Returns:
+        The export's metadata (`export_meta.json`).
+    """
+    from tf_simclr import checkpoint as ckpt
+    from tf_simclr import heads
+
+    folder = resolve_export(path)
+    network = keras.saving.load_model(os.path.join(folder, ENCODER_FILE), compile=False)
+    encoder = next(layer for layer in network.layers if isinstance(layer, keras.Model))
+    projection_head = next(layer for layer in network.layers if isinstance(layer, heads.ProjectionHead))
+    pairs = [(encoder, model.encoder, "encoder"), (projection_head, model.projection_head, "projection_head")]
+    for source, target, part in pairs:
+        src, dst = list(source.weights), list(target.weights)
+        if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(src, dst)):
+            raise ckpt.CheckpointMismatchError(
+                f"Export {folder} does not fit this model's {part} ({len(src)} vs {len(dst)} weights): was it "
+                "exported with other --resnet_depth/--width_multiplier/--sk_ratio/--se_ratio/--proj_head_mode flags?"
+            )
+    for source, target, part in pairs:
+        _copy_weights(source, target, part)
+    return read_export_meta(folder)
+
+
+def is_export(path: str) -> bool:
+    """Whether `path` is an exported module or a base folder of them (and not a training checkpoint)."""
+    return os.path.exists(os.path.join(path, "saved_model.pb")) or bool(exported_steps(path))

@@ -146,7 +146,10 @@ def restore(model, config: Config) -> int:
         log.info("Resumed from %s (step %d)", latest, meta["step"])
         return int(meta["step"])
     if t.checkpoint:
-        ckpt_lib.restore_checkpoint(t.checkpoint, model, None, exclude_parts=("supervised_head",))
+        if not ckpt_lib.checkpoint_steps(t.checkpoint) and export_lib.is_export(t.checkpoint):
+            export_lib.restore_from_export(model, t.checkpoint)  # A TF-Hub module written by tf_simclr.
+        else:
+            ckpt_lib.restore_checkpoint(t.checkpoint, model, None, exclude_parts=("supervised_head",))
         log.info("Initialized the model from %s", t.checkpoint)
     elif t.train_mode == "finetune":
         raise ValueError("--train_mode=finetune needs --checkpoint (a pretraining model_dir or checkpoint folder).")
@@ -227,6 +230,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     cbs = [
         callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta, on_save=on_save),
         callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)),
+        *_knn_monitor(config, source),
         *callbacks,
     ]
     verbose = t.verbose if (t.verbose != 1 or sys.stdout.isatty()) else 2
@@ -272,6 +276,21 @@ def labelled_subset(config: Config, source):
     if t.train_label_fraction and t.train_label_fraction < 1:
         return subsets_lib.subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
     return source
+
+
+def _knn_monitor(config: Config, source) -> list:
+    """A `KnnMonitor` on `knn_monitor_examples` train and eval images, when asked for and labels exist."""
+    n = config.train.knn_monitor_examples
+    if not n or not source.num_classes:
+        return []
+    d = config.data
+
+    def subset(split):
+        ds = data_lib.build_dataset(source, split, batch_size=250, is_training=False, mode="eval", image_size=d.image_size)
+        return ds.unbatch().filter(lambda image, label: label >= 0).take(n).batch(250).cache()
+
+    return [callbacks_lib.KnnMonitor(subset(d.train_split), subset(d.eval_split), source.num_classes,
+                                     log_dir=os.path.join(config.train.model_dir, "eval"))]
 
 
 def _sample_views(config: Config, source):

@@ -106,7 +106,6 @@ def test_two_replicas_train_like_one(two_cpu_strategy):
     cfg = ModelConfig(**{**TINY.__dict__, "global_bn": True})
     rng = np.random.default_rng(3)
     batches = [rng.random((8, 16, 16, 6), dtype=np.float32) for _ in range(2)]
-    labels = np.zeros(8, "int32")
 
     def run(strategy):
         keras.utils.set_random_seed(7)
@@ -141,4 +140,3 @@ def test_two_replicas_train_like_one(two_cpu_strategy):
     for a, b, start in zip(w1, w2, init1):
         moved = np.max(np.abs(a - start))
         np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * moved + 1e-7)
-    del labels

@@ -84,6 +84,11 @@ flags.DEFINE_string("train_subset_ids", None, "File of example ids (one per line
 flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_label_fraction draw (same seed, same examples).")
 flags.DEFINE_float("eval_timeout_secs", 3600, "--mode=eval: stop after this many seconds without a new checkpoint in --model_dir.")
 flags.DEFINE_float("eval_poll_secs", 10, "--mode=eval: seconds between looks for new checkpoints.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"], "Compute precision: float32, or mixed bfloat16/float16 (variables, loss and softmax stay float32; float16 uses dynamic loss scaling).")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("deterministic", False, "Bit-exact runs: op determinism, augmentation drawn from --seed and the step, data order restored on resume (slower). Needs --seed.")
+flags.DEFINE_bool("skip_nonfinite_steps", False, "Skip and count steps whose loss or gradients are NaN/Inf instead of stopping the run.")
+flags.DEFINE_bool("strict", False, "Fail on corrupt, truncated or non-image files in a folder: dataset instead of skipping them with a warning.")
 flags.DEFINE_integer("feature_eval_examples", 0, "Examples of each split used by --feature_eval (0 = all).")
 
 log = py_logging.getLogger("tf_simclr")
@@ -105,7 +110,7 @@ def config_from_flags():
         data=DataConfig(
             dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split, eval_split=f.eval_split,
             image_size=f.image_size, color_jitter_strength=f.color_jitter_strength, use_blur=f.use_blur,
-            cache_dataset=f.cache_dataset,
+            cache_dataset=f.cache_dataset, strict_images=f.strict,
         ),
         train=TrainConfig(
             model_dir=model_dir, train_mode=f.train_mode, train_batch_size=f.train_batch_size,
@@ -122,7 +127,8 @@ def config_from_flags():
             export_every_checkpoint=f.export_every_checkpoint, export_dir=f.export_dir,
             steps_per_execution=f.steps_per_execution, seed=f.seed,
             train_label_fraction=f.train_label_fraction, train_subset_ids=f.train_subset_ids,
-            subset_seed=f.subset_seed,
+            subset_seed=f.subset_seed, precision=f.precision, jit_compile=f.jit_compile,
+            deterministic=f.deterministic, skip_nonfinite_steps=f.skip_nonfinite_steps,
         ),
     )
 
@@ -143,11 +149,51 @@ def _format(results: dict) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(results.items()))
 
 
+def _train_or_exit(config, strategy):
+    """Trains; turns the run's expected endings (preemption, NaN, a dead peer worker) into exits."""
+    from tf_simclr import callbacks, distribute, preemption, train
+
+    try:
+        return train.train(config, strategy)
+    except preemption.Preempted as e:
+        log.warning("%s", e)
+        sys.exit(preemption.PREEMPTED_EXIT_STATUS)
+    except callbacks.NonFiniteLossError as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:
+        if distribute.is_multi_worker(strategy) and distribute.is_peer_failure(e):
+            _rejoin(e)
+        raise
+
+
+def _rejoin(error):
+    """Restarts this worker process after another worker died, so it rejoins the cluster.
+
+    Collective ops cannot recover inside a process, so the worker re-executes its own
+    command line; it then waits for the restarted peer and every worker resumes from
+    the chief's newest checkpoint. Bounded by TF_SIMCLR_MAX_REJOINS (default 20).
+    """
+    done = int(os.environ.get("TF_SIMCLR_REJOINS", "0"))
+    limit = int(os.environ.get("TF_SIMCLR_MAX_REJOINS", "20"))
+    if done >= limit:
+        print(f"run.py: error: a peer worker failed and this worker already rejoined {done} times "
+              f"(TF_SIMCLR_MAX_REJOINS={limit}): {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(1)
+    log.warning("A peer worker failed (%s); restarting this worker to rejoin from the newest checkpoint (%d/%d).",
+                type(error).__name__, done + 1, limit)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ["TF_SIMCLR_REJOINS"] = str(done + 1)
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags are written --name=value).")
     py_logging.getLogger("tf_simclr").setLevel(py_logging.INFO)
     logging.set_verbosity(logging.INFO)
+    py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)  # Per-step collective chatter.
 
     from tf_simclr import distribute, train, validate
 
@@ -155,14 +201,17 @@ def main(argv):
     try:
         validate.check_config(config)
         _check_splits(config)
+        strategy = distribute.create_strategy(
+            use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project,
+            master=FLAGS.master, num_gpus=FLAGS.num_gpus,
+        )
+        validate.check_before_work(
+            config, mode=FLAGS.mode, num_replicas=strategy.num_replicas_in_sync, feature_eval=FLAGS.feature_eval
+        )
     except ValueError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     log.info("Model dir: %s", config.train.model_dir)
-    strategy = distribute.create_strategy(
-        use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project,
-        master=FLAGS.master, num_gpus=FLAGS.num_gpus,
-    )
     if FLAGS.mode == "export":
         from tf_simclr import checkpoint as ckpt_lib
         from tf_simclr import export as export_lib
@@ -177,7 +226,7 @@ def main(argv):
         return
     model = None
     if FLAGS.mode in ("train", "train_then_eval"):
-        model = train.train(config, strategy)
+        model = _train_or_exit(config, strategy)
     if FLAGS.mode in ("eval", "train_then_eval"):
         if config.train.train_mode == "pretrain" and not config.train.lineareval_while_pretraining:
             log.info("Skipping eval: pretraining without --lineareval_while_pretraining has no supervised head.")

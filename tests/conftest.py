@@ -46,3 +46,13 @@ def two_cpu_strategy():
     must not create their own.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(autouse=True)
+def _no_op_determinism_leak():
+    """`train(deterministic=True)` turns on process-wide op determinism; later tests must not inherit it."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()

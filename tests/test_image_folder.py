@@ -135,14 +135,17 @@ def test_sharding_across_input_pipelines_is_disjoint_and_covering(tmp_path):
     assert len(seen[0]) + len(seen[1]) == src.num_examples("train")
 
 
-def test_corrupt_file_hook(tmp_path):
+def test_bad_files_are_left_out_at_index_time_or_dropped_when_decoding(tmp_path):
     _write(str(tmp_path / "good.png"))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    # Intact JPEG ends, garbage between: passes the scan, fails to decode.
+    (tmp_path / "body.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x13" * 64 + b"\xff\xd9")
+    src = ImageFolderSource(str(tmp_path))
+    assert src.bad_files == ((str(tmp_path / "broken.jpg"), image_folder.REASON_UNKNOWN_FORMAT),)
+    assert src.num_examples("train") == 2
     with pytest.raises(tf.errors.InvalidArgumentError):
-        _read_all(ImageFolderSource(str(tmp_path)).as_dataset("train", shuffle_files=False))
-    kept = _read_all(
-        ImageFolderSource(str(tmp_path), skip_corrupt=True).as_dataset("train", shuffle_files=False)
-    )
+        tf.io.decode_image(tf.io.read_file(str(tmp_path / "body.jpg")))
+    kept = _read_all(src.as_dataset("train", shuffle_files=False))
     assert len(kept) == 1 and kept[0][0].shape == (8, 10, 3)
 
 

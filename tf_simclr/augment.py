@@ -21,6 +21,14 @@ colour distortion of a view is one of 50 straight-line "plans" run by a single
 `Case` op (see `_random_plan`) instead of nested `tf.cond`s. The price is a
 one-off start-up cost: a new iterator instantiates the 50 branch functions
 (about 0.2 s per view on 2 CPU cores).
+
+Every random function takes an optional `seed`, a `[2]` integer tensor as
+`tf.random.stateless_*` ops take. Without it the draws come from TF's
+stateful generator (repeatable only through `tf.random.set_seed`); with it
+only stateless ops run, each on its own sub-seed (`fold_seed` with a distinct
+tag per op and per view), so the same seed gives the same view in any process,
+in any order and at any parallelism (what `data.build_dataset(...,
+deterministic=True)` relies on). Both ways draw from the same distribution.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ CROP_PROPORTION = 0.875  # Central crop of standard ImageNet evaluation.
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # The weights of tf.image.rgb_to_grayscale.
 _GRAY_MATRIX = [[w] * 3 for w in _GRAY_WEIGHTS]  # Equal columns: 3 equal channels.
 _IMPLS = ("simclrv1", "simclrv2")
+# Tags that derive the independent sub-seeds of one seed (any distinct ints work).
+_CROP_TAG, _FLIP_TAG, _COLOR_TAG, _BLUR_TAG = 1, 2, 3, 4
+_APPLY_TAG, _SIGMA_TAG = 5, 6
+_VIEW_TAG_BASE = 100  # View i of `pretrain_views` uses tag 100 + i.
 
 
 def _check_size(height: int, width: int) -> None:
@@ -48,6 +60,37 @@ def _check_size(height: int, width: int) -> None:
 def _check_impl(impl: str) -> None:
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}. Received: impl={impl!r}")
+
+
+def _as_seed(seed) -> tf.Tensor:
+    """A stateless-op seed as int64 `[2]`, so int32 and int64 seeds give the same draws."""
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer or not seed.shape.is_compatible_with([2]):
+        raise ValueError(
+            "seed must be an integer tensor of shape [2], as tf.random.stateless_* ops take "
+            f"(or None for stateful draws). Received: dtype={seed.dtype.name}, shape={seed.shape}"
+        )
+    return tf.ensure_shape(tf.cast(seed, tf.int64), [2])
+
+
+def fold_seed(seed, tag) -> tf.Tensor:
+    """A new int64 `[2]` seed from `seed` and an integer `tag` (op, view or example index).
+
+    Distinct tags give distinct seeds whose stateless draws are independent
+    (`tf.random.experimental.stateless_fold_in`).
+    """
+    return tf.random.experimental.stateless_fold_in(_as_seed(seed), tf.cast(tag, tf.int64))
+
+
+def _uniform(shape, seed, minval=0.0, maxval=1.0) -> tf.Tensor:
+    """float32 uniforms: stateful when `seed` is None, else stateless from `seed`."""
+    if seed is None:
+        return tf.random.uniform(shape, minval, maxval)
+    return tf.random.stateless_uniform(shape, _as_seed(seed), minval, maxval)
+
+
+def _maybe_fold(seed, tag):
+    return None if seed is None else fold_seed(seed, tag)
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -123,6 +166,7 @@ def sample_crop_box(
     target_aspect_ratio: float = 1.0,
     area_range: Sequence[float] = (0.08, 1.0),
     aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
+    seed=None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Samples an Inception-style crop box, as the reference does.
 
@@ -131,24 +175,30 @@ def sample_crop_box(
     reference, the whole image is passed as the object box with
     `min_object_covered=0.1`, which makes the effective lower area bound
     max(0.1, area_range[0]); after 100 failed attempts the whole image is used.
-    The box comes from the stateless op with a seed drawn by `tf.random.uniform`,
-    so `tf.random.set_seed` makes it repeatable (the stateful op ignores the
-    global seed and raises under `tf.config.experimental.enable_op_determinism`).
+    The box comes from the stateless op, with `seed` or else a seed drawn by
+    `tf.random.uniform`, so `tf.random.set_seed` makes it repeatable (the
+    stateful op ignores the global seed and raises under
+    `tf.config.experimental.enable_op_determinism`).
 
     Args:
         image_shape: int32 `[3]` shape `[H, W, C]` of the image to crop.
         target_aspect_ratio: Width / height of the resized output.
         area_range: Allowed crop area as fractions of the image area.
         aspect_ratio_range: Allowed crop width / height, before scaling.
+        seed: Optional `[2]` integer seed of the box (see the module docstring).
 
     Returns:
         `(begin, size)` int32 `[3]` tensors for `tf.slice`.
     """
     low, high = aspect_ratio_range
+    if seed is None:  # A stateful draw: follows tf.random.set_seed.
+        seed = tf.random.uniform([2], 0, 2**31 - 1, tf.int32)
+    else:
+        seed = _as_seed(seed)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=tf.random.uniform([2], 0, 2**31 - 1, tf.int32),
+        seed=seed,
         min_object_covered=0.1,
         aspect_ratio_range=(low * target_aspect_ratio, high * target_aspect_ratio),
         area_range=tuple(area_range),
@@ -171,6 +221,7 @@ def random_crop_with_resize(
     width: int,
     area_range: Sequence[float] = (0.08, 1.0),
     aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
+    seed=None,
 ) -> tf.Tensor:
     """Random resized crop (see `sample_crop_box`), bicubic resize to `height` x `width`.
 
@@ -180,13 +231,16 @@ def random_crop_with_resize(
         width: Output width.
         area_range: Allowed crop area as fractions of the image area.
         aspect_ratio_range: Allowed crop width / height for a square output.
+        seed: Optional `[2]` integer seed (see the module docstring).
 
     Returns:
         float32 `[height, width, 3]`, not clipped (bicubic can overshoot [0, 1]).
     """
     _check_size(height, width)
     image = tf.convert_to_tensor(image)
-    begin, size = sample_crop_box(tf.shape(image), width / height, area_range, aspect_ratio_range)
+    begin, size = sample_crop_box(
+        tf.shape(image), width / height, area_range, aspect_ratio_range, seed=seed
+    )
     return _to_rgb(_resize_to_float(_crop(image, begin, size), height, width))
 
 
@@ -199,18 +253,24 @@ def _flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
     return tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))
 
 
-def random_flip(image: tf.Tensor) -> tf.Tensor:
-    """Flips an image `[H, W, C]` left-right with probability 0.5."""
-    return _flip_if(image, tf.random.uniform([]) < 0.5)
+def random_flip(image: tf.Tensor, seed=None) -> tf.Tensor:
+    """Flips an image `[H, W, C]` left-right with probability 0.5 (optional `[2]` seed)."""
+    return _flip_if(image, _uniform([], seed) < 0.5)
 
 
-def random_apply(fn: Callable[[tf.Tensor], tf.Tensor], p: float, x: tf.Tensor) -> tf.Tensor:
-    """Returns `fn(x)` with probability `p`, else `x`."""
+def random_apply(
+    fn: Callable[[tf.Tensor], tf.Tensor], p: float, x: tf.Tensor, seed=None
+) -> tf.Tensor:
+    """Returns `fn(x)` with probability `p`, else `x`.
+
+    `seed` (optional `[2]` integers) decides only whether `fn` runs; a random
+    `fn` needs its own, different seed.
+    """
     if p >= 1:
         return fn(x)
     if p <= 0:
         return x
-    return tf.cond(tf.random.uniform([]) < p, lambda: fn(x), lambda: x)
+    return tf.cond(_uniform([], seed) < p, lambda: fn(x), lambda: x)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -300,7 +360,7 @@ def _plan_index(probabilities: Sequence[float], uniforms: tf.Tensor) -> tf.Tenso
 
 
 def _random_plan(image, plans: tuple, probabilities: tuple, strength: float, impl: str,
-                 clip_output: bool) -> tf.Tensor:
+                 clip_output: bool, seed=None) -> tf.Tensor:
     """Runs one plan of `plans`, drawn with `probabilities`, on `image`.
 
     In a graph (tf.data) this is a `Case` op over traced functions, which
@@ -318,7 +378,7 @@ def _random_plan(image, plans: tuple, probabilities: tuple, strength: float, imp
             f"Colour ops need an RGB image [H, W, 3]. Received: image.shape={image.shape}"
         )
     image = tf.ensure_shape(image, [None, None, 3]) if image.shape[-1] is None else image
-    draws = tf.random.uniform([5])
+    draws = _uniform([5], seed)  # The plan, then the 4 jitter factors.
     index = _plan_index(probabilities, draws[:1])[0]
     if tf.executing_eagerly():
         return _run_plan(image, draws[1:], plans[int(index)], strength, impl, clip_output)
@@ -335,7 +395,9 @@ _DISTORTION_PROBS = tuple(
 )
 
 
-def color_jitter(image: tf.Tensor, strength: float, impl: str = "simclrv2") -> tf.Tensor:
+def color_jitter(
+    image: tf.Tensor, strength: float, impl: str = "simclrv2", seed=None
+) -> tf.Tensor:
     """Random brightness, contrast, saturation and hue in a uniformly random order.
 
     The image is clipped to [0, 1] after each step as in the reference (see
@@ -345,15 +407,22 @@ def color_jitter(image: tf.Tensor, strength: float, impl: str = "simclrv2") -> t
         image: float32 RGB image `[H, W, 3]`.
         strength: Jitter strength s >= 0 (SimCLR uses 1.0 for ImageNet, 0.5 for CIFAR).
         impl: "simclrv2" (multiplicative brightness) or "simclrv1" (additive).
+        seed: Optional `[2]` integer seed (see the module docstring).
 
     Returns:
         float32 `[H, W, 3]` in [0, 1].
     """
-    return _random_plan(image, _ORDERS, (1 / 24,) * 24, strength, impl, clip_output=True)
+    return _random_plan(image, _ORDERS, (1 / 24,) * 24, strength, impl, clip_output=True,
+                        seed=seed)
 
 
 def random_color_distortion(
-    image: tf.Tensor, strength: float = 1.0, impl: str = "simclrv2", *, clip_output: bool = False
+    image: tf.Tensor,
+    strength: float = 1.0,
+    impl: str = "simclrv2",
+    *,
+    clip_output: bool = False,
+    seed=None,
 ) -> tf.Tensor:
     """Colour jitter with probability 0.8, then grayscale with probability 0.2.
 
@@ -366,11 +435,13 @@ def random_color_distortion(
         impl: "simclrv2" or "simclrv1".
         clip_output: Clip the result to [0, 1] (else, as the reference, an
             image without jitter keeps the resize's overshoot).
+        seed: Optional `[2]` integer seed (see the module docstring).
 
     Returns:
         float32 `[H, W, 3]`.
     """
-    return _random_plan(image, _DISTORTIONS, _DISTORTION_PROBS, strength, impl, clip_output)
+    return _random_plan(image, _DISTORTIONS, _DISTORTION_PROBS, strength, impl, clip_output,
+                        seed=seed)
 
 
 def gaussian_kernel(sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
@@ -435,7 +506,7 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.Te
 
 
 def random_blur(
-    image: tf.Tensor, p: float = 0.5, sigma_range: Sequence[float] = (0.1, 2.0)
+    image: tf.Tensor, p: float = 0.5, sigma_range: Sequence[float] = (0.1, 2.0), seed=None
 ) -> tf.Tensor:
     """Gaussian blur with probability `p`, sigma uniform in `sigma_range` per image.
 
@@ -447,6 +518,7 @@ def random_blur(
         image: float32 image `[H, W, C]` with a static height.
         p: Probability of blurring.
         sigma_range: `(low, high)` of the uniform sigma.
+        seed: Optional `[2]` integer seed (see the module docstring).
 
     Returns:
         float32 `[H, W, C]`.
@@ -461,10 +533,10 @@ def random_blur(
         return image
 
     def blur(x):
-        sigma = tf.random.uniform([], *sigma_range)
+        sigma = _uniform([], _maybe_fold(seed, _SIGMA_TAG), *sigma_range)
         return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size), 0.0, 1.0)
 
-    return random_apply(blur, p, image)
+    return random_apply(blur, p, image, seed=_maybe_fold(seed, _APPLY_TAG))
 
 
 def _crop_shape(image_height, image_width, aspect_ratio: float, crop_proportion: float):
@@ -512,6 +584,7 @@ def preprocess_for_train(
     crop: bool = True,
     flip: bool = True,
     impl: str = "simclrv2",
+    seed=None,
 ) -> tf.Tensor:
     """One SimCLR training view: crop, flip, colour distortion, optional blur.
 
@@ -529,6 +602,8 @@ def preprocess_for_train(
         crop: Random resized crop; otherwise only resize to the output size.
         flip: Random left-right flip.
         impl: "simclrv2" or "simclrv1" brightness.
+        seed: Optional `[2]` integer seed: each op draws from its own sub-seed
+            of it, with stateless ops only (see the module docstring).
 
     Returns:
         float32 `[height, width, 3]` in [0, 1].
@@ -537,16 +612,18 @@ def preprocess_for_train(
     _check_impl(impl)
     image = tf.convert_to_tensor(image)
     if crop:
-        image = _crop(image, *sample_crop_box(tf.shape(image), width / height))
+        box = sample_crop_box(tf.shape(image), width / height, seed=_maybe_fold(seed, _CROP_TAG))
+        image = _crop(image, *box)
     if flip:
-        image = random_flip(image)
+        image = random_flip(image, seed=_maybe_fold(seed, _FLIP_TAG))
     image = resize(image, height, width)
     if color_distort:
-        image = random_color_distortion(image, color_jitter_strength, impl, clip_output=True)
+        image = random_color_distortion(image, color_jitter_strength, impl, clip_output=True,
+                                        seed=_maybe_fold(seed, _COLOR_TAG))
     else:
         image = tf.clip_by_value(image, 0.0, 1.0)
     if blur:
-        image = random_blur(image)
+        image = random_blur(image, seed=_maybe_fold(seed, _BLUR_TAG))
     return image
 
 
@@ -582,6 +659,7 @@ def pretrain_views(
     blur: bool = False,
     num_views: int = 2,
     impl: str = "simclrv2",
+    seed=None,
 ) -> tf.Tensor:
     """Independent training views concatenated on the channel axis.
 
@@ -595,6 +673,9 @@ def pretrain_views(
         blur: Apply `random_blur` to each view.
         num_views: Number of views (2 for SimCLR).
         impl: "simclrv2" or "simclrv1" brightness.
+        seed: Optional `[2]` integer seed; view i is
+            `preprocess_for_train(image, ..., seed=fold_seed(seed, 100 + i))`,
+            so the views draw independently.
 
     Returns:
         float32 `[height, width, 3 * num_views]` in [0, 1].
@@ -603,7 +684,7 @@ def pretrain_views(
         raise ValueError(f"num_views must be an int >= 1. Received: num_views={num_views!r}")
     views = [
         preprocess_for_train(image, height, width, color_jitter_strength=color_jitter_strength,
-                             blur=blur, impl=impl)
-        for _ in range(num_views)
+                             blur=blur, impl=impl, seed=_maybe_fold(seed, _VIEW_TAG_BASE + i))
+        for i in range(num_views)
     ]
     return tf.concat(views, -1)

@@ -23,8 +23,33 @@ def _global_step(model) -> int:
     return int(np.asarray(model.optimizer.iterations))
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the run stopped without saving the bad weights."""
+
+    def __init__(self, step: int, last_checkpoint: Optional[str], hint: str = ""):
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+        super().__init__(
+            f"The loss became NaN/Inf at step {step} (or in the {hint or 'steps'} before it); the run stopped "
+            f"and kept its last good checkpoint ({last_checkpoint or 'none written yet'}). Likely causes: a "
+            "learning rate too high for this batch size (lower --learning_rate or raise --warmup_epochs), "
+            "float16 overflow (use --precision=bfloat16 or float32), or a corrupt input batch. "
+            "--skip_nonfinite_steps skips such steps instead of stopping."
+        )
+
+
+def _finite(logs) -> bool:
+    if not logs:
+        return True
+    return all(np.all(np.isfinite(np.asarray(logs[k], dtype=np.float64))) for k in ("total_loss", "loss") if k in logs)
+
+
 class CheckpointAndStop(keras.callbacks.Callback):
     """Saves a checkpoint every `every_steps` global steps and stops at `total_steps`.
+
+    Also the run's safety stops: a non-finite loss stops it without saving (the
+    last good checkpoint stays the newest), and a SIGTERM (see `preemption`) makes
+    it save at the end of the current step and stop.
 
     Args:
         model_dir: Where checkpoints go.
@@ -33,9 +58,13 @@ class CheckpointAndStop(keras.callbacks.Callback):
         keep_checkpoint_max: Checkpoints kept on disk.
         meta: Extra JSON written into each checkpoint (config, dataset, ...).
         on_save: Called with (path, step) after each checkpoint (exports hook in here).
+        write: Whether this process writes files (False on non-chief workers, which
+            still stop where the chief stops).
+        sigterm: A `preemption.SigtermFlag` to watch, or None.
     """
 
-    def __init__(self, model_dir: str, every_steps: int, total_steps: int, keep_checkpoint_max: int = 5, meta: Optional[dict] = None, on_save: Optional[Callable] = None):
+    def __init__(self, model_dir: str, every_steps: int, total_steps: int, keep_checkpoint_max: int = 5,
+                 meta: Optional[dict] = None, on_save: Optional[Callable] = None, write: bool = True, sigterm=None):
         super().__init__()
         self.model_dir = model_dir
         self.every_steps = max(1, int(every_steps))
@@ -43,16 +72,25 @@ class CheckpointAndStop(keras.callbacks.Callback):
         self.keep_checkpoint_max = keep_checkpoint_max
         self.meta = meta or {}
         self.on_save = on_save
+        self.write = write
+        self.sigterm = sigterm
         self._last_saved = None
+        self.last_path: Optional[str] = None
+        self.nonfinite_step: Optional[int] = None
+        self.preempted_step: Optional[int] = None
 
     def on_train_begin(self, logs=None):
         self._last_saved = _global_step(self.model)
+        self.last_path = ckpt_lib.latest_checkpoint(self.model_dir)
         if self._last_saved >= self.total_steps:
             self.model.stop_training = True
 
-    def save(self, step: int) -> str:
-        path = ckpt_lib.save_checkpoint(self.model_dir, step, self.model, self.model.optimizer, meta=self.meta, max_to_keep=self.keep_checkpoint_max)
+    def save(self, step: int) -> Optional[str]:
         self._last_saved = step
+        if not self.write:
+            return None
+        path = ckpt_lib.save_checkpoint(self.model_dir, step, self.model, self.model.optimizer, meta=self.meta, max_to_keep=self.keep_checkpoint_max)
+        self.last_path = path
         log.info("Saved checkpoint %s", path)
         if self.on_save is not None:
             self.on_save(path, step)
@@ -60,6 +98,16 @@ class CheckpointAndStop(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = _global_step(self.model)
+        if not _finite(logs):
+            self.nonfinite_step = step
+            self.model.stop_training = True
+            return
+        if self.sigterm is not None and self.sigterm.requested:
+            if step != self._last_saved:
+                self.save(step)
+            self.preempted_step = step
+            self.model.stop_training = True
+            return
         if step // self.every_steps > self._last_saved // self.every_steps or step >= self.total_steps:
             if step != self._last_saved:
                 self.save(step)
@@ -68,7 +116,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         step = _global_step(self.model)
-        if step != self._last_saved:
+        if self.nonfinite_step is None and step != self._last_saved:
             self.save(step)
 
 

@@ -107,6 +107,7 @@ def save_checkpoint(directory: str, step: int, model, optimizer=None, meta: dict
         The path of the new checkpoint.
     """
     os.makedirs(directory, exist_ok=True)
+    recover_interrupted(directory)
     named = _named_variables(model, optimizer)
     arrays = {k: _to_numpy(v) for k, v in named.items()}
     final = os.path.join(directory, f"ckpt-{int(step)}")
@@ -122,9 +123,7 @@ def save_checkpoint(directory: str, step: int, model, optimizer=None, meta: dict
             json.dump(info, f, indent=1, sort_keys=True, default=str)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(final):  # Same step saved twice (e.g. end of training): replace.
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -132,6 +131,64 @@ def save_checkpoint(directory: str, step: int, model, optimizer=None, meta: dict
         for old in checkpoint_steps(directory)[:-max_to_keep]:
             shutil.rmtree(os.path.join(directory, f"ckpt-{old}"), ignore_errors=True)
     return final
+
+
+def _fsync_dir(directory: str) -> None:
+    """Makes a rename in `directory` durable (a power cut cannot undo it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Renames the complete `tmp` to `final`; a checkpoint already there is moved aside first.
+
+    At every moment either the old or the new `final` is complete on disk; a crash
+    between the two renames leaves `.old-ckpt-*`, which `recover_interrupted` puts back.
+    """
+    directory, name = os.path.split(final)
+    old = None
+    if os.path.exists(final):  # Same step saved twice (e.g. end of training): replace.
+        old = os.path.join(directory, f".old-{name}-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted(directory: str) -> list[str]:
+    """Cleans up after a process killed while writing a checkpoint (a crash cannot run `finally`).
+
+    Temporary `.tmp-ckpt-*` folders are deleted; a `.old-ckpt-<step>-*` folder whose
+    replacement never arrived is renamed back to `ckpt-<step>`.
+
+    Returns:
+        The names removed or restored.
+    """
+    if not os.path.isdir(directory):
+        return []
+    touched = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if entry.startswith(".tmp-ckpt-"):
+            shutil.rmtree(path, ignore_errors=True)
+            touched.append(entry)
+        elif entry.startswith(".old-ckpt-"):
+            final = os.path.join(directory, entry[len(".old-"):].rsplit("-", 1)[0])
+            if not os.path.exists(final) and os.path.exists(os.path.join(path, META_FILE)):
+                os.rename(path, final)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            touched.append(entry)
+    return touched
 
 
 def read_meta(path: str) -> dict:

@@ -43,6 +43,7 @@ class DataConfig:
     color_jitter_strength: float = 1.0
     use_blur: bool = True
     cache_dataset: bool = False
+    strict_images: bool = False  # Bad files in an image folder are an error instead of skipped.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,11 @@ class TrainConfig:
     steps_per_execution: int = 1
     seed: Optional[int] = None
     verbose: int = 1
+    # Scale and reliability (tf_simclr additions).
+    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision; loss in float32)
+    jit_compile: bool = False
+    deterministic: bool = False  # Op determinism + seeded, resumable data: bit-exact resumes.
+    skip_nonfinite_steps: bool = False  # Skip (and count) steps with a NaN/Inf loss instead of stopping.
     # Semi-supervised fine-tuning on a labelled subset (tf_simclr additions; see `subsets`).
     train_label_fraction: float = 0.0
     train_subset_ids: Optional[str] = None

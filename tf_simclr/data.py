@@ -6,12 +6,18 @@ name or `folder:/path`. `build_dataset` turns a source into batches for
 pretraining (two augmented views stacked on channels), fine-tuning or
 evaluation, as the reference's `tf2/data.py` does; `distribute_dataset` feeds
 those to a `tf.distribute.Strategy`, one pipeline per input context.
+
+`build_dataset(..., deterministic=True, seed=s)` gives the same batches in
+every process run: seeded file and example shuffles, ordered `tf.data`
+outputs, and stateless augmentation seeded by each example's position in the
+stream (`example_seed`). `skip_batches=k` then resumes that stream at batch k.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import numbers
 import os
 import socket
 import urllib.parse
@@ -137,6 +143,12 @@ class TFDSSource:
                 "Call load_source(..., prepare=True) or prepare it with TFDS first."
             )
 
+    def _num_files(self, split: str) -> int:
+        try:
+            return len(self.builder.info.splits[split].file_instructions)
+        except Exception:  # Older TFDS: assume one file per shard is not known.
+            return 1
+
     def num_examples(self, split: str) -> int:
         self._check_prepared()
         self.check_split(split)
@@ -152,6 +164,13 @@ class TFDSSource:
     ) -> tf.data.Dataset:
         self._check_prepared()
         self.check_split(split)
+        example_shard = None
+        if input_context is not None and input_context.num_input_pipelines > self._num_files(split):
+            # Too few files for one per pipeline (Fashion-MNIST has one): every pipeline reads
+            # the files in the same order and keeps every n-th example.
+            example_shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+            input_context = None
+            seed = 0 if seed is None else seed
         ds = self.builder.as_dataset(
             split=split,
             shuffle_files=shuffle_files,
@@ -164,6 +183,8 @@ class TFDSSource:
                 shuffle_seed=seed,
             ),
         )
+        if example_shard is not None:
+            ds = ds.shard(*example_shard)
         if is_unlabeled(self, split):
             ds = ds.map(lambda image, _: (image, tf.constant(-1, tf.int64)))
         return ds
@@ -235,6 +256,7 @@ def load_source(
     *,
     prepare: bool = True,
     splits: Sequence[str] = (),
+    strict_images: bool = False,
 ) -> ImageSource:
     """Opens a dataset by name, preparing a TFDS dataset if needed.
 
@@ -246,6 +268,8 @@ def load_source(
         for fashion_mnist, else TFDS's download). If False, an unprepared
         source still gives metadata but fails on reading. Defaults to True.
       splits: splits the caller will read, checked before any preparation.
+      strict_images: passed to `ImageFolderSource(path, strict=...)` for
+        `folder:` datasets; ignored for TFDS. Defaults to False.
 
     Returns:
       An `ImageSource`.
@@ -256,7 +280,7 @@ def load_source(
       RuntimeError: the dataset is not prepared and cannot be prepared here.
     """
     if dataset.startswith(FOLDER_PREFIX):
-        source = ImageFolderSource(dataset[len(FOLDER_PREFIX):])
+        source = ImageFolderSource(dataset[len(FOLDER_PREFIX):], strict=strict_images)
         for split in splits:
             source.num_examples(split)  # Raises ValueError for unknown splits.
         return source
@@ -287,27 +311,66 @@ def load_source(
 
 def _preprocess_fn(
     mode: str, is_training: bool, image_size: int, color_jitter_strength: float, use_blur: bool
-) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The per-image augmentation for a mode, as the reference chooses it."""
+) -> Callable[[tf.Tensor, Optional[tf.Tensor]], tf.Tensor]:
+    """The per-image augmentation `(image, seed or None) -> views`, as the reference chooses it."""
     if is_training and mode == "pretrain":
-        return lambda image: augment.pretrain_views(
+        return lambda image, seed: augment.pretrain_views(
             image, image_size, image_size,
-            color_jitter_strength=color_jitter_strength, blur=use_blur, num_views=2,
+            color_jitter_strength=color_jitter_strength, blur=use_blur, num_views=2, seed=seed,
         )
     if is_training and mode == "finetune":
         # The reference fine-tunes with crop + flip only (colour strength 0).
-        return lambda image: augment.preprocess_for_train(
-            image, image_size, image_size, color_distort=False
+        return lambda image, seed: augment.preprocess_for_train(
+            image, image_size, image_size, color_distort=False, seed=seed
         )
     # Center-cropping tiny images (CIFAR) throws away too much: the reference skips it.
-    return lambda image: augment.preprocess_for_eval(
+    return lambda image, seed: augment.preprocess_for_eval(
         image, image_size, image_size, crop=image_size > 32
     )
+
+
+def example_seed(seed: int, position, pipeline_id: int = 0) -> tf.Tensor:
+    """The augmentation seed (int64 `[2]`) of the example at `position` of a stream.
+
+    A function of the numbers only, so it is the same in every process and
+    does not depend on parallelism or timing. `position` counts examples from
+    0 in the infinite (repeated) stream of input pipeline `pipeline_id`.
+    """
+    base = tf.constant([seed, pipeline_id], tf.int64)
+    return augment.fold_seed(base, position)
 
 
 def default_shuffle_buffer(source: ImageSource) -> int:
     """The reference's buffer: 50,000 for ImageNet, 10,000 otherwise."""
     return IMAGENET_SHUFFLE_BUFFER if source.name.startswith("imagenet") else DEFAULT_SHUFFLE_BUFFER
+
+
+def _augment_by_position(ds, preprocess, seed: int, pipeline_id: int, skip: int) -> tf.data.Dataset:
+    """Augments example i of the stream with `example_seed(seed, i, pipeline_id)`.
+
+    Positions are numbered before the first `skip` examples are dropped, so a
+    pipeline that skips gives the same examples as one that does not.
+    """
+
+    def augment_example(position, example):
+        image, label = example
+        views = preprocess(image, example_seed(seed, position, pipeline_id))
+        return views, tf.cast(label, tf.int32)
+
+    ds = ds.enumerate().skip(skip)
+    return ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _check_determinism_args(deterministic: bool, seed, skip_batches) -> None:
+    if deterministic and seed is None:
+        raise ValueError(
+            "deterministic=True needs a seed for the shuffles and augmentations. "
+            "Received: seed=None; pass seed=<int> (e.g. --seed)."
+        )
+    if deterministic and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"deterministic=True needs an int seed. Received: seed={seed!r}")
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or skip_batches < 0:
+        raise ValueError(f"skip_batches must be an int >= 0. Received: skip_batches={skip_batches!r}")
 
 
 def _check_pipeline_args(source, split, mode, batch_size, image_size, is_training) -> None:
@@ -339,13 +402,22 @@ def build_dataset(
     shuffle_buffer: Optional[int] = None,
     seed: Optional[int] = None,
     repeat: Optional[bool] = None,
+    deterministic: bool = False,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Batches of `(images float32 [B, S, S, C], labels int32 [B])` from one split.
 
     Training reads shuffled files, caches decoded images if asked (before
     augmentation, so each epoch gets new views), shuffles examples, repeats
     forever and drops the last partial batch, with non-deterministic order for
-    speed. Evaluation keeps the order, reads once and keeps the last batch.
+    speed unless `deterministic`. Evaluation keeps the order, reads once and
+    keeps the last batch.
+
+    With `deterministic=True` the batches are a function of the arguments (and
+    TF's global seed, which seeded shuffles combine with their own): the same
+    in every process run. Example i of the stream (counted from 0 over all
+    epochs, per input pipeline) is augmented with stateless ops seeded by
+    `example_seed(seed, i, input_pipeline_id)`.
 
     Args:
       source: an `ImageSource` (see `load_source`).
@@ -363,30 +435,46 @@ def build_dataset(
       input_context: shards the data across input pipelines.
       shuffle_buffer: examples in the shuffle buffer. Defaults to 50,000 for
         ImageNet and 10,000 otherwise.
-      seed: seed of the file and example shuffles (augmentations use TF's
-        global seed). Defaults to None.
+      seed: seed of the file and example shuffles, and with `deterministic`
+        of the augmentations (otherwise they use TF's global seed). Defaults
+        to None.
       repeat: repeat forever. Defaults to `is_training`.
+      deterministic: reproducible batches (see above; needs `seed`), at some
+        cost in speed: outputs keep their order. Defaults to False.
+      skip_batches: start at batch k of the stream, per input pipeline. With
+        `deterministic` the result equals batches k, k+1, ... of a fresh
+        pipeline bit for bit (to resume a run); otherwise the same number of
+        examples is skipped, but they were random anyway. Skipped examples
+        are read and decoded but not augmented. Defaults to 0.
 
     Returns:
       A `tf.data.Dataset` of `(images, labels)`; labels are -1 when unlabeled.
     """
     _check_pipeline_args(source, split, mode, batch_size, image_size, is_training)
+    _check_determinism_args(deterministic, seed, skip_batches)
     preprocess = _preprocess_fn(mode, is_training, image_size, color_jitter_strength, use_blur)
     ds = source.as_dataset(split, shuffle_files=is_training, input_context=input_context, seed=seed)
     if cache:
         ds = ds.cache()
-    if is_training:
+    if is_training or deterministic:
         options = tf.data.Options()
-        options.deterministic = False
-        options.experimental_slack = True
+        options.deterministic = deterministic
+        options.experimental_slack = is_training
         ds = ds.with_options(options)
+    if is_training:
         ds = ds.shuffle(shuffle_buffer or default_shuffle_buffer(source), seed=seed)
     if is_training if repeat is None else repeat:
         ds = ds.repeat()
-    ds = ds.map(
-        lambda image, label: (preprocess(image), tf.cast(label, tf.int32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    skip = skip_batches * batch_size  # Skipped before the map: no augmentation work.
+    if deterministic:
+        pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+        ds = _augment_by_position(ds, preprocess, seed, pipeline_id, skip)
+    else:
+        ds = ds.skip(skip) if skip else ds
+        ds = ds.map(
+            lambda image, label: (preprocess(image, None), tf.cast(label, tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     ds = ds.batch(batch_size, drop_remainder=is_training)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -311,15 +311,16 @@ def _fsync_tree(root: str) -> None:
 
 
 def _recover_interrupted(parent: str, name: str) -> None:
-    """Cleans up after an export of `name` killed mid-way (a crash cannot run `finally`).
+    """Cleans up after exports killed mid-way (a crash cannot run `finally`).
 
-    Leftover temporary folders are deleted. If the process died between moving the
-    previous module aside and moving the new one in, the previous one is put back.
+    Leftover temporary folders of any step are deleted (a resumed run exports other
+    steps than the one that crashed). If the process died between moving the
+    previous module of `name` aside and moving the new one in, that one is put back.
     """
     final = os.path.join(parent, name)
     for entry in sorted(os.listdir(parent)):
         path = os.path.join(parent, entry)
-        if entry.startswith(f".tmp-{name}-"):
+        if entry.startswith(".tmp-") and entry[len(".tmp-"):].split("-")[0].isdigit():
             shutil.rmtree(path, ignore_errors=True)
         elif entry.startswith(f".old-{name}-"):
             if not os.path.exists(final) and os.path.exists(os.path.join(path, "saved_model.pb")):

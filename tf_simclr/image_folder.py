@@ -14,6 +14,13 @@ Three layouts are recognised, checked in this order:
 Class names are sorted and numbered from 0. Images are JPEG or PNG (any case of
 `.jpg`, `.jpeg`, `.png`), of any size: resizing happens in augmentation. Other
 files and hidden entries are ignored.
+
+Bad files (empty, truncated, or not an image despite the extension) are found
+by a fast scan when the folder is indexed (`find_bad_images`: size, first and
+last bytes only) and left out of every split with one warning listing them; with
+`strict=True` they are an error. Files that pass the scan but still fail to
+decode (a corrupt body) are dropped by the input pipeline with a TF warning, so
+one bad file never stops training mid-epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import dataclasses
 import hashlib
 import logging
 import os
-from typing import Optional, Sequence
+from concurrent import futures
+from typing import Iterable, Optional, Sequence
 
 import tensorflow as tf
 
@@ -34,6 +42,28 @@ HELD_OUT_FRACTION = 0.1
 # Splits derived from a folder of class folders; validation and test are one set.
 DERIVED_SPLITS = ("train", "validation", "test")
 UNLABELED = -1
+
+# Bad-file scan: bytes read at each end of a file, and how bad files are reported.
+HEAD_BYTES = 16
+# The JPEG/PNG end marker may be followed by padding or a small trailer. A file
+# with a bigger trailer (e.g. a phone's "motion photo" video) reads as truncated.
+TAIL_BYTES = 4096
+SCAN_THREADS = 32
+SCAN_CHUNK = 512  # Files per thread-pool task: amortises the pool's overhead.
+PROGRESS_EVERY = 10_000
+MAX_LISTED_BAD_FILES = 20
+
+REASON_EMPTY = "empty file"
+REASON_UNKNOWN_FORMAT = "not an image: content is not JPEG, PNG, GIF, BMP or WebP"
+REASON_TRUNCATED_JPEG = "truncated JPEG: no end-of-image marker (FFD9) at the end"
+REASON_TRUNCATED_PNG = "truncated PNG: no IEND chunk at the end"
+REASON_TRUNCATED_BMP = "truncated BMP: shorter than the size in its header"
+REASON_TRUNCATED_WEBP = "truncated WebP: shorter than the size in its header"
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_END = b"\xff\xd9"
+_PNG_END = b"IEND"
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +149,93 @@ def _index_split_folders(root: str, splits: Sequence[str]):
     return class_names, index
 
 
+def _format_problem(head: bytes, tail: bytes, size: int) -> Optional[str]:
+    """Why a file with these first/last bytes cannot be an intact image, or None."""
+    if head.startswith(_JPEG_MAGIC):
+        return None if _JPEG_END in tail else REASON_TRUNCATED_JPEG
+    if head.startswith(_PNG_MAGIC):
+        return None if _PNG_END in tail else REASON_TRUNCATED_PNG
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return None
+    if head.startswith(b"BM") and len(head) >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        return REASON_TRUNCATED_BMP if size < declared else None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        return REASON_TRUNCATED_WEBP if size < declared else None
+    return REASON_UNKNOWN_FORMAT
+
+
+def image_file_problem(path: str) -> Optional[str]:
+    """Why `path` is not a readable image (empty, truncated, unknown), or None.
+
+    Reads the size and at most HEAD_BYTES + TAIL_BYTES bytes, not the whole
+    file: cheap enough for a million files. A corrupt body with intact ends
+    passes; the input pipeline drops those when decoding fails.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return REASON_EMPTY
+            head = os.pread(fd, HEAD_BYTES, 0)
+            tail_start = max(0, size - TAIL_BYTES)
+            tail = os.pread(fd, size - tail_start, tail_start)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    return _format_problem(head, tail, size)
+
+
+def _scan_chunk(paths: Sequence[str]) -> list[tuple[str, str]]:
+    bad = []
+    for path in paths:
+        problem = image_file_problem(path)
+        if problem is not None:
+            bad.append((path, problem))
+    return bad
+
+
+def find_bad_images(
+    paths: Iterable[str], *, threads: int = SCAN_THREADS
+) -> list[tuple[str, str]]:
+    """The (path, reason) of every file that is not a readable image, by path.
+
+    Checks each file's size, magic bytes and end marker (`image_file_problem`)
+    on a thread pool, since the work is file-system latency, not CPU. Logs
+    progress for big folders.
+    """
+    paths = list(paths)
+    chunks = [paths[i:i + SCAN_CHUNK] for i in range(0, len(paths), SCAN_CHUNK)]
+    if len(chunks) <= 1 or threads <= 1:
+        return sorted(_scan_chunk(paths))
+    report_every = max(PROGRESS_EVERY, len(paths) // 20)
+    bad, done, next_report = [], 0, report_every
+    with futures.ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+        pending = {pool.submit(_scan_chunk, c): len(c) for c in chunks}
+        for future in futures.as_completed(pending):
+            bad += future.result()
+            done += pending[future]
+            if done >= next_report and done < len(paths):
+                log.info("Checked %d of %d image files (%d bad so far).", done, len(paths), len(bad))
+                next_report = (done // report_every + 1) * report_every
+    return sorted(bad)
+
+
+def _list_bad_files(bad: Sequence[tuple[str, str]]) -> str:
+    lines = [f"  {path}: {reason}" for path, reason in bad[:MAX_LISTED_BAD_FILES]]
+    if len(bad) > MAX_LISTED_BAD_FILES:
+        lines.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more.")
+    return "\n".join(lines)
+
+
+def _drop_files(split: _Split, bad_paths: set[str]) -> _Split:
+    kept = [(p, l) for p, l in zip(split.paths, split.labels) if p not in bad_paths]
+    return _Split(tuple(p for p, _ in kept), tuple(l for _, l in kept))
+
+
 def _index_class_folders(root: str, class_names: Sequence[str], fraction: float):
     """Layout 2: root/<class>/...; derived train / validation = test splits."""
     paths, labels = _class_images(root, class_names)
@@ -138,6 +255,21 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def decode_files(files: tf.data.Dataset) -> tf.data.Dataset:
+    """Maps `(path, label)` to `(image, label)`, dropping files that fail to decode.
+
+    The scan at index time catches empty, truncated and non-image files; this
+    is the safety net for a corrupt body behind intact ends, so that one such
+    file drops one example instead of ending training. TF logs a warning
+    ("Error raised with error message ...") for each dropped file.
+    """
+    decoded = files.map(
+        lambda path, label: (decode_image(path), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return decoded.ignore_errors(log_warning=True)
+
+
 class ImageFolderSource:
     """Images in a local folder, read with `tf.data`; see the module docstring.
 
@@ -149,29 +281,34 @@ class ImageFolderSource:
       num_classes: len(class_names); 0 means unlabeled (pretraining only).
       image_shape: (None, None, 3): sizes vary per image.
       splits: split names available.
+      bad_files: sorted (path, reason) of the files left out as unreadable.
     """
 
     image_shape = (None, None, 3)
+    # Always on: files that fail to decode are dropped (see `decode_files`).
+    # Read by subsets.py, which decodes folder files itself.
+    skip_corrupt = True
 
     def __init__(
         self,
         root: str,
         *,
         held_out_fraction: float = HELD_OUT_FRACTION,
-        skip_corrupt: bool = False,
+        strict: bool = False,
     ):
-        """Indexes the folder (file names only; no image is read here).
+        """Indexes the folder and checks each file's ends (`find_bad_images`).
 
         Args:
           root: folder of images in one of the three layouts.
           held_out_fraction: share of a class-folder dataset kept for
             validation/test. Defaults to 0.1.
-          skip_corrupt: drop files that fail to decode instead of failing the
-            pipeline. Defaults to False.
+          strict: raise on empty, truncated or non-image files instead of
+            leaving them out with one warning. Defaults to False.
 
         Raises:
           FileNotFoundError: `root` does not exist or is not a folder.
-          ValueError: no JPEG/PNG image is found.
+          ValueError: no JPEG/PNG image is found, none is readable, or
+            `strict` and some files are bad.
         """
         root = os.path.abspath(os.path.expanduser(root))
         if not os.path.isdir(root):
@@ -185,7 +322,6 @@ class ImageFolderSource:
             )
         self.root = root
         self.name = f"folder:{root}"
-        self.skip_corrupt = skip_corrupt
         subfolders = _subfolders(root)
         if subfolders and all(s.lower() in SPLIT_FOLDER_NAMES for s in subfolders):
             self.layout = "splits"
@@ -207,9 +343,37 @@ class ImageFolderSource:
                 "Put images in class sub-folders (root/<class>/*.jpg), split folders "
                 "(root/train/<class>/*.jpg) or directly in the folder (unlabeled)."
             )
+        self.bad_files = self._drop_bad_files(strict)
         self.class_names = tuple(self.class_names)
         self.num_classes = len(self.class_names)
         self.splits = tuple(self._index)
+
+    def _drop_bad_files(self, strict: bool) -> tuple[tuple[str, str], ...]:
+        """Scans every indexed file; drops the bad ones or, if strict, raises."""
+        paths = sorted({p for split in self._index.values() for p in split.paths})
+        bad = find_bad_images(paths)
+        if not bad:
+            return ()
+        listing = _list_bad_files(bad)
+        if strict:
+            raise ValueError(
+                f"{len(bad)} of {len(paths)} files in {self.name} are not readable "
+                f"images:\n{listing}\nDelete or repair them, or drop --strict "
+                "(strict=False) to skip them with a warning."
+            )
+        if len(bad) == len(paths):
+            raise ValueError(
+                f"None of the {len(paths)} image files in {self.name} is readable:\n"
+                f"{listing}\nCheck that the folder holds real JPEG/PNG images."
+            )
+        log.warning(
+            "Skipping %d of %d files in %s that are not readable images:\n%s\n"
+            "Delete or repair them to use them (use --strict to make this an error).",
+            len(bad), len(paths), self.name, listing,
+        )
+        bad_paths = {p for p, _ in bad}
+        self._index = {name: _drop_files(s, bad_paths) for name, s in self._index.items()}
+        return tuple(bad)
 
     def __repr__(self) -> str:
         sizes = {s: len(v.paths) for s, v in self._index.items()}
@@ -248,6 +412,9 @@ class ImageFolderSource:
     ) -> tf.data.Dataset:
         """Decoded `(image uint8 [H, W, 3], label int64)` pairs of one split.
 
+        A file that fails to decode is dropped with a TF warning, so an epoch
+        may hold fewer than `num_examples(split)` images.
+
         Args:
           split: a name in `self.splits`.
           shuffle_files: shuffle the file order, anew on each pass.
@@ -264,12 +431,5 @@ class ImageFolderSource:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         if shuffle_files:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(
-            lambda path, label: (decode_image(path), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        if self.skip_corrupt:
-            # Hook for corrupt files: drop elements whose decode failed.
-            ds = ds.ignore_errors(log_warning=True)
-        return ds
+        return decode_files(ds)
 

@@ -43,6 +43,12 @@ class SimCLRModel(keras.Model):
         hidden_norm: L2-normalize projections in the loss. Defaults to True.
         ft_proj_selector: Which projection-head layer feeds the supervised head
             (0 = the encoder output, -1 = the head's output), as SimCLRv2.
+        skip_nonfinite: Skip a step whose loss or gradients are NaN/inf on any
+            replica instead of applying it: weights, optimizer slots and batch-norm
+            moving statistics stay as they were, the step's losses stay out of the
+            running means, `optimizer.iterations` still advances (it counts batches)
+            and the `nonfinite_steps` log counts such steps. Defaults to False (the
+            step is applied as computed).
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class SimCLRModel(keras.Model):
         temperature: float = 0.1,
         hidden_norm: bool = True,
         ft_proj_selector: int = 0,
+        skip_nonfinite: bool = False,
         name: str = "simclr",
         **kwargs,
     ):
@@ -70,11 +77,13 @@ class SimCLRModel(keras.Model):
         self.temperature = temperature
         self.hidden_norm = hidden_norm
         self.ft_proj_selector = ft_proj_selector
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.l2_weight_decay = 0.0
         # Ids, not a list: Keras would track a list of variables as new state.
         self._l2_decay_ids: frozenset = frozenset()
         names = ["total_loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_loss", "sup_acc", "weight_decay"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self._nonfinite_steps = RunningTotal(name="nonfinite_steps")
         self._eval_trackers = {
             "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
             "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
@@ -195,21 +204,86 @@ class SimCLRModel(keras.Model):
         return logs["total_loss"], logs
 
     # ---------------------------------------------------------------- Steps (TensorFlow backend)
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras's peek at the first batch when model and optimizer are already built.
+
+        The peek consumes a training batch at every `fit` call (a resumed run would see
+        another data order than an uninterrupted one) and, under
+        MultiWorkerMirroredStrategy, fails reducing the per-replica batch.
+        """
+        built = all(layer.built for layer in self._flatten_layers())
+        if built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         import tensorflow as tf  # The TF trainer's step; the math above is backend-neutral.
 
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        optimizer = self.optimizer
+        bn_statistics = self._batch_norm_statistics() if self.skip_nonfinite else []
+        saved_statistics = [tf.identity(v.value) for v in bn_statistics]  # Read before the forward pass.
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        iterations_before = tf.identity(optimizer.iterations.value) if loss_scaling else None
         with tf.GradientTape() as tape:
             total, logs = self.compute_losses(images, labels, training=True)
             # Keras sums gradients over replicas; dividing gives the global-batch mean.
-            scaled = total / replica.num_replicas()
+            # A LossScaleOptimizer (float16) scales here and unscales in `apply`.
+            scaled = optimizer.scale_loss(total / replica.num_replicas())
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        learning_rate = ops.cast(self.optimizer.learning_rate, "float32")  # The rate this step uses.
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        learning_rate = ops.cast(optimizer.learning_rate, "float32")  # The rate this step uses.
+        if self.skip_nonfinite:
+            # A LossScaleOptimizer judges its (scaled) gradients itself: an overflow there
+            # means "lower the scale", not "bad batch", so only the loss is checked.
+            checked = [] if loss_scaling else gradients
+            finite = _finite_on_all_replicas([total, *checked])
+
+            def apply(grads):
+                optimizer.apply_gradients(zip(grads, variables))
+
+            def skip(saved):
+                for variable, value in zip(bn_statistics, saved):
+                    variable.assign(value)
+                optimizer.iterations.assign_add(1)
+
+            _apply_or_skip(finite, apply, (gradients,), skip, (saved_statistics,))
+        else:
+            finite = None
+            optimizer.apply_gradients(zip(gradients, variables))
+        if loss_scaling:
+            # A LossScaleOptimizer that skips an overflow leaves `iterations` alone; count
+            # the batch anyway so iterations stays the number of batches trained on.
+            not_advanced = ops.equal(tf.identity(optimizer.iterations.value), iterations_before)
+            optimizer.iterations.assign_add(ops.cast(not_advanced, optimizer.iterations.dtype))
+        self._update_trackers(logs, finite)
+        results = {**self._results(), "learning_rate": learning_rate}
+        if self.skip_nonfinite:
+            results["nonfinite_steps"] = self._nonfinite_steps.result()
+        if loss_scaling:
+            results["loss_scale"] = ops.cast(optimizer.dynamic_scale, "float32")
+        return _for_keras_reduction(results)
+
+    def _update_trackers(self, logs, finite):
+        """Adds the step's losses to the running means, unless the step was skipped (`finite` False)."""
+        if finite is None:
+            for name, value in logs.items():
+                self._trackers[name].update_state(value)
+            return
+        weight = ops.cast(finite, "float32")
         for name, value in logs.items():
-            self._trackers[name].update_state(value)
-        return {**self._results(), "learning_rate": learning_rate}
+            # NaN * 0 is NaN: replace the value, not only its weight.
+            self._trackers[name].update_state(ops.where(finite, value, 0.0), sample_weight=weight)
+        self._nonfinite_steps.update_state(1.0 - weight)
+
+    def _batch_norm_statistics(self) -> list:
+        """Moving means and variances: the forward pass updates them, a skipped step restores them."""
+        return [
+            variable
+            for layer in self._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)
+        ]
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -222,7 +296,7 @@ class SimCLRModel(keras.Model):
         if ops.shape(logits)[-1] >= 5:
             self._eval_trackers["top_5_accuracy"].update_state(labels, logits)
         self._eval_trackers["sup_loss"].update_state(sup_loss)
-        return {name: m.result() for name, m in self._eval_trackers.items()}
+        return _for_keras_reduction({name: m.result() for name, m in self._eval_trackers.items()})
 
     def _results(self):
         return {name: m.result() for name, m in self._trackers.items() if self._reports(name)}
@@ -236,7 +310,76 @@ class SimCLRModel(keras.Model):
 
     @property
     def metrics(self):
-        return list(self._trackers.values()) + list(self._eval_trackers.values())
+        return list(self._trackers.values()) + list(self._eval_trackers.values()) + [self._nonfinite_steps]
+
+
+class RunningTotal(keras.metrics.Sum):
+    """A sum that `fit` does not reset every epoch: the run's total (of this process)."""
+
+    def reset_state(self):
+        pass
+
+    def reset_total(self):
+        super().reset_state()
+
+
+def _finite_on_all_replicas(tensors):
+    """One boolean, the same on every replica: are all `tensors` finite on all of them?
+
+    Replicas must agree, because applying gradients all-reduces them and syncs variables.
+    """
+    import tensorflow as tf
+
+    local = [ops.all(ops.isfinite(t)) for t in tensors if t is not None]
+    nonfinite = 1.0 - ops.cast(ops.all(ops.stack(local)), "float32")
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        nonfinite = context.all_reduce(tf.distribute.ReduceOp.SUM, nonfinite)
+    return ops.equal(nonfinite, 0.0)
+
+
+def _apply_or_skip(finite, apply_fn, apply_args, skip_fn, skip_args):
+    """Runs `apply_fn(*apply_args)` if `finite` else `skip_fn(*skip_args)`, on every replica.
+
+    Optimizers update mirrored variables through `merge_call`, which TensorFlow forbids
+    inside a replica-context `cond` (MirroredStrategy on CPUs, for one); there the cond
+    runs in the cross-replica context, as Keras's LossScaleOptimizer does.
+    """
+    import tensorflow as tf
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, lambda: _no_output(apply_fn, apply_args), lambda: _no_output(skip_fn, skip_args))
+        return
+
+    def in_cross_replica(strategy, finite, apply_args, skip_args):
+        # Every replica holds the same flag (it was all-reduced); take the first.
+        decided = strategy.experimental_local_results(finite)[0]
+        tf.cond(
+            decided,
+            lambda: _no_output(strategy.extended.call_for_each_replica, (apply_fn, apply_args)),
+            lambda: _no_output(strategy.extended.call_for_each_replica, (skip_fn, skip_args)),
+        )
+
+    tf.distribute.get_replica_context().merge_call(in_cross_replica, args=(finite, apply_args, skip_args))
+
+
+def _no_output(fn, args):
+    fn(*args)
+    return ops.convert_to_tensor(0)
+
+
+def _for_keras_reduction(logs: dict) -> dict:
+    """Scalars as shape-[1] tensors under MultiWorkerMirroredStrategy.
+
+    Keras 3 reduces step outputs across workers with `reduce("MEAN", v, axis=0)`,
+    which fails on scalars; a [1] tensor reduces to the same scalar mean.
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
 
 
 def supervised_loss(labels, logits):
@@ -263,6 +406,7 @@ def build_model(
     temperature: float = 0.1,
     hidden_norm: bool = True,
     zero_init_logits_layer: bool = False,
+    skip_nonfinite: bool = False,
 ) -> SimCLRModel:
     """Builds (and initializes) a SimCLR model from a `ModelConfig`.
 
@@ -273,6 +417,7 @@ def build_model(
         train_mode: 'pretrain' or 'finetune'.
         temperature, hidden_norm: NT-Xent settings.
         zero_init_logits_layer: Start the supervised head at zero.
+        skip_nonfinite: See `SimCLRModel`.
     """
     encoder = resnet_lib.resnet(
         depth=config.resnet_depth,
@@ -302,6 +447,7 @@ def build_model(
         temperature=temperature,
         hidden_norm=hidden_norm,
         ft_proj_selector=config.ft_proj_selector,
+        skip_nonfinite=skip_nonfinite,
     )
     model(ops.zeros((1, config.image_size, config.image_size, 3)), training=False)
     return model

@@ -23,6 +23,7 @@ from tf_simclr import data as data_lib
 from tf_simclr import export as export_lib
 from tf_simclr import model as model_lib
 from tf_simclr import optimizers as optimizers_lib
+from tf_simclr import preemption
 from tf_simclr import resnet as resnet_lib
 from tf_simclr import schedule as schedule_lib
 from tf_simclr import subsets as subsets_lib
@@ -102,7 +103,11 @@ def create_model(config: Config, num_classes: Optional[int], plan: Plan):
     optimizer = optimizers_lib.build_optimizer(
         t.optimizer, learning_rate, momentum=t.momentum, weight_decay=t.weight_decay, excluded_variables=excluded
     )
-    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution)
+    from tf_simclr import precision as precision_lib
+
+    optimizer = precision_lib.wrap_optimizer(optimizer, t.precision)
+    model.skip_nonfinite = t.skip_nonfinite_steps
+    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution, jit_compile=t.jit_compile)
     optimizer.build(model.trainable_variables)
     return model
 
@@ -140,6 +145,10 @@ def restore(model, config: Config) -> int:
         The global step training resumes from.
     """
     t = config.train
+    from tf_simclr import distribute as distribute_lib
+
+    if distribute_lib.is_chief():
+        ckpt_lib.recover_interrupted(t.model_dir)  # A checkpoint moved aside by a crash counts too.
     latest = ckpt_lib.latest_checkpoint(t.model_dir)
     if latest:
         meta = ckpt_lib.restore_checkpoint(latest, model, model.optimizer)
@@ -156,9 +165,11 @@ def restore(model, config: Config) -> int:
     return 0
 
 
-def _dataset(config: Config, source, strategy, split: str, is_training: bool, global_batch: int):
+def _dataset(config: Config, source, strategy, split: str, is_training: bool, global_batch: int, skip_batches: int = 0):
     d = config.data
     mode = config.train.train_mode if is_training else "eval"
+    deterministic = is_training and config.train.deterministic
+    replicas = strategy.num_replicas_in_sync
 
     def dataset_fn(input_context):
         return data_lib.build_dataset(
@@ -173,6 +184,9 @@ def _dataset(config: Config, source, strategy, split: str, is_training: bool, gl
             cache=d.cache_dataset,
             input_context=input_context,
             seed=config.train.seed,
+            deterministic=deterministic,
+            # Each step takes one per-replica batch per replica, spread over the input pipelines.
+            skip_batches=skip_batches * replicas // input_context.num_input_pipelines,
         )
 
     flag = "--train_batch_size" if is_training else "--eval_batch_size"
@@ -192,30 +206,43 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     """
     import tensorflow as tf
 
+    from tf_simclr import distribute as distribute_lib
+
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
+    chief = distribute_lib.is_chief(strategy)
+    if t.deterministic:
+        if t.seed is None:
+            raise ValueError("--deterministic needs --seed (the weights, augmentations and data order derive from it).")
+        tf.config.experimental.enable_op_determinism()
     if t.seed is not None:
         keras.utils.set_random_seed(t.seed)
+    _set_precision(t.precision)
 
-    # ---- Input pipeline -------------------------------------------------------
-    source = data_lib.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split])
+    # ---- Input size and plan ----------------------------------------------------
+    source = data_lib.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split],
+                                  strict_images=config.data.strict_images)
     source = labelled_subset(config, source)
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(
-        "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g",
+        "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g%s",
         t.train_mode, source.name, config.data.train_split, plan.num_train_examples, plan.total_steps,
         plan.epoch_steps, t.train_batch_size, strategy.num_replicas_in_sync, plan.peak_learning_rate,
+        f", precision {t.precision}" + (", XLA" if t.jit_compile else "") + (", deterministic" if t.deterministic else ""),
     )
-    dataset = _dataset(config, source, strategy, config.data.train_split, True, t.train_batch_size)
 
     # ---- Model and restore ------------------------------------------------------
-    os.makedirs(t.model_dir, exist_ok=True)
+    if chief:
+        os.makedirs(t.model_dir, exist_ok=True)
     with strategy.scope():
         model = create_model(config, source.num_classes or None, plan)
         start_step = restore(model, config)
-    write_flags(config, t.model_dir)
-    if isinstance(source, subsets_lib.SubsetSource):
-        log.info("Recorded the %d training ids in %s", len(source.ids), subsets_lib.record_subset(t.model_dir, source.ids))
+    if chief:
+        write_flags(config, t.model_dir)
+        if isinstance(source, subsets_lib.SubsetSource):
+            log.info("Recorded the %d training ids in %s", len(source.ids), subsets_lib.record_subset(t.model_dir, source.ids))
+    # The data stream resumes where the checkpoint left it (exactly so with --deterministic).
+    dataset = _dataset(config, source, strategy, config.data.train_split, True, t.train_batch_size, skip_batches=start_step)
 
     # ---- Fit --------------------------------------------------------------------
     period = plan.checkpoint_every
@@ -227,27 +254,43 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         log.info("Exported TF-Hub module %s", path)
 
     on_save = (lambda path, step: export(step)) if t.export_every_checkpoint else None
-    cbs = [
-        callbacks_lib.CheckpointAndStop(t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta, on_save=on_save),
-        callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)),
-        *_knn_monitor(config, source),
-        *callbacks,
-    ]
     verbose = t.verbose if (t.verbose != 1 or sys.stdout.isatty()) else 2
-    model.fit(
-        dataset,
-        epochs=math.ceil(plan.total_steps / period),
-        initial_epoch=start_step // period,
-        steps_per_epoch=period,
-        callbacks=cbs,
-        verbose=verbose,
-        shuffle=False,  # The tf.data pipeline shuffles.
-    )
+    with preemption.catch_sigterm() as sigterm:
+        stopper = callbacks_lib.CheckpointAndStop(
+            t.model_dir, period, plan.total_steps, t.keep_checkpoint_max, meta=meta, on_save=on_save, write=chief,
+            sigterm=sigterm,
+        )
+        cbs = [stopper]
+        if chief:  # Other workers compute the same steps and write nothing.
+            cbs.append(callbacks_lib.Summaries(os.path.join(t.model_dir, "train"), plan.summary_every, _sample_views(config, source)))
+            cbs += _knn_monitor(config, source)
+        cbs += list(callbacks)
+        model.fit(
+            dataset,
+            epochs=math.ceil(plan.total_steps / period),
+            initial_epoch=start_step // period,
+            steps_per_epoch=period,
+            callbacks=cbs,
+            verbose=verbose,
+            shuffle=False,  # The tf.data pipeline shuffles.
+        )
+    if stopper.nonfinite_step is not None:
+        hint = f"{t.steps_per_execution} steps of --steps_per_execution" if t.steps_per_execution > 1 else ""
+        raise callbacks_lib.NonFiniteLossError(stopper.nonfinite_step, stopper.last_path, hint)
+    if stopper.preempted_step is not None:
+        raise preemption.Preempted(stopper.preempted_step, stopper.last_path)
     # ---- Export (the reference never exports after pure pretraining) ---------------
     step = int(model.optimizer.iterations.numpy())
-    if t.export_at_end and step not in export_lib.exported_steps(export_base):
+    if chief and t.export_at_end and step not in export_lib.exported_steps(export_base):
         export(step)
     return model
+
+
+def _set_precision(name: str) -> None:
+    """Sets Keras's global dtype policy before the model is built (see `precision`)."""
+    from tf_simclr import precision as precision_lib
+
+    precision_lib.set_precision(name)
 
 
 def labelled_subset(config: Config, source):

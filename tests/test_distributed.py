@@ -1,0 +1,168 @@
+"""Same mathematics at any scale: 2 worker processes (MultiWorkerMirroredStrategy via TF_CONFIG)
+and 2 logical CPUs (MirroredStrategy) train exactly like one replica on the same global batch,
+and a multi-worker `run.py` writes only from the chief and survives a killed worker."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import checkpoint, model as model_lib, optimizers
+from tf_simclr.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "distributed", "worker.py")
+TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, global_bn=True)
+STEPS, GLOBAL_BATCH = 3, 8
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _is_moving_statistic(path):
+    return "moving_mean" in path or "moving_variance" in path
+
+
+def _assert_same_training(reference, other, initial, paths):
+    """Weights agree to 2% of how far training moved them; BN statistics likewise.
+
+    float32 sums over replicas round differently; a wrong gradient scale, local
+    negatives or local batch norm move weights by a whole update (the same bound
+    catches them in tests/test_model.py).
+    """
+    checked_statistics = 0
+    for key in reference:
+        moved = np.max(np.abs(reference[key] - initial[key]))
+        np.testing.assert_allclose(other[key], reference[key], rtol=0, atol=0.02 * moved + 1e-7, err_msg=paths[key])
+        checked_statistics += _is_moving_statistic(paths[key]) and moved > 0
+    assert checked_statistics >= 10  # Synchronized BN statistics moved and were compared.
+
+
+def _arrays(folder):
+    with np.load(os.path.join(checkpoint.resolve_checkpoint(folder), "variables.npz")) as stored:
+        return {k: stored[k] for k in stored.files if k.startswith(("encoder/", "projection_head/"))}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Initial weights and the global batches every variant trains on."""
+    path = tmp_path_factory.mktemp("distributed")
+    keras.utils.set_random_seed(11)
+    model = model_lib.build_model(TINY)
+    checkpoint.save_checkpoint(str(path / "init"), 0, model)
+    rng = np.random.default_rng(5)
+    images = rng.random((STEPS, GLOBAL_BATCH, 16, 16, 6), dtype=np.float32)
+    np.savez(path / "batches.npz", images=images)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_replica(workdir):
+    subprocess.run([sys.executable, WORKER, str(workdir), "single"], check=True, timeout=300)
+    with open(workdir / "single.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_one_replica(workdir, single_replica):
+    ports = [str(p) for p in _free_ports(2)]
+    workers = [subprocess.Popen([sys.executable, WORKER, str(workdir), str(i), *ports], stderr=subprocess.PIPE)
+               for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err.decode()[-3000:]
+    logs = [json.load(open(workdir / f"worker{i}.json")) for i in range(2)]
+    assert [log["replicas"] for log in logs] == [2, 2]
+    assert [log["chief"] for log in logs] == [True, False]
+    assert single_replica["replicas"] == 1
+    # Loss after each step, as each worker reports it.
+    for log in logs:
+        np.testing.assert_allclose(log["contrast_loss"], single_replica["contrast_loss"], rtol=1e-4)
+    assert not os.path.exists(workdir / "worker1")  # Only the chief writes.
+    meta = checkpoint.read_meta(str(workdir / "single"))
+    _assert_same_training(_arrays(str(workdir / "single")), _arrays(str(workdir / "worker0")),
+                          _arrays(str(workdir / "init")), meta["paths"])
+
+
+def test_two_logical_cpus_train_like_one_replica_step_by_step(workdir, single_replica, two_cpu_strategy):
+    batches = np.load(workdir / "batches.npz")["images"]
+    with two_cpu_strategy.scope():
+        model = model_lib.build_model(TINY)
+        checkpoint.restore_checkpoint(str(workdir / "init"), model)
+        excluded = model.configure_weight_decay(1e-4, optimizer_applies_decay=True)
+        opt = optimizers.build_optimizer("lars", 0.02, momentum=0.9, weight_decay=1e-4, excluded_variables=excluded)
+        model.compile(optimizer=opt)
+        opt.build(model.trainable_variables)
+
+    # One input pipeline feeds both replicas: the two halves of each global batch, in order.
+    ds = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: tf.data.Dataset.from_tensor_slices(
+        (batches, np.zeros(batches.shape[:2], "int32"))).unbatch().batch(GLOBAL_BATCH // 2))
+    history = model.fit(ds, epochs=STEPS, steps_per_epoch=1, verbose=0)
+    np.testing.assert_allclose(history.history["contrast_loss"], single_replica["contrast_loss"], rtol=1e-4)
+    saved = checkpoint.save_checkpoint(str(workdir / "mirrored"), STEPS, model)
+    meta = checkpoint.read_meta(str(workdir / "single"))
+    _assert_same_training(_arrays(str(workdir / "single")), _arrays(saved), _arrays(str(workdir / "init")), meta["paths"])
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        os.makedirs(root / label)
+        for i in range(48):
+            tf.io.write_file(str(root / label / f"{i:03d}.png"), tf.io.encode_png(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)))
+    return str(root)
+
+
+def _start_worker(index, ports, folder, model_dir, export_dir, log):
+    env = dict(os.environ, TF_CONFIG=json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}))
+    command = [
+        sys.executable, os.path.join(REPO, "run.py"), f"--dataset=folder:{folder}", f"--model_dir={model_dir}",
+        f"--export_dir={export_dir}", "--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
+        "--train_batch_size=16", "--train_steps=200", "--checkpoint_steps=20", "--keep_checkpoint_max=2",
+        "--use_tpu=False", "--warmup_epochs=0", "--lineareval_while_pretraining=False", "--use_blur=False",
+    ]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_multi_worker_run_writes_from_the_chief_only_and_a_killed_worker_rejoins(image_folder, tmp_path):
+    ports = _free_ports(2)
+    model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "exports")
+    logs = [open(tmp_path / f"worker{i}.log", "a") for i in range(2)]
+    chief, worker = (_start_worker(i, ports, image_folder, model_dir, export_dir, logs[i]) for i in range(2))
+    start = time.time()
+    while not os.path.exists(os.path.join(model_dir, "ckpt-20")):
+        assert chief.poll() is None and worker.poll() is None, "a worker ended before the first checkpoint"
+        assert time.time() - start < 300
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=60) == -signal.SIGKILL
+    restarted = _start_worker(1, ports, image_folder, model_dir, export_dir, logs[1])  # Same command, same port.
+    assert restarted.wait(timeout=600) == 0, open(tmp_path / "worker1.log").read()[-3000:]
+    assert chief.wait(timeout=120) == 0, open(tmp_path / "worker0.log").read()[-3000:]
+    chief_log = open(tmp_path / "worker0.log").read()
+    assert "A peer worker failed" in chief_log  # The chief noticed, re-executed itself...
+    resumed = int(chief_log.split("Resumed from")[1].split("(step ")[1].split(")")[0])
+    assert 20 <= resumed < 200  # ...and both resumed from the chief's checkpoint, not from scratch.
+    assert f"(step {resumed})" in open(tmp_path / "worker1.log").read().split("Resumed from")[-1]
+    # Only the chief's files: checkpoints, flags, summaries; one export.
+    assert sorted(os.listdir(model_dir)) == ["ckpt-180", "ckpt-200", "flags.json", "train"]
+    assert os.listdir(export_dir) == ["200"]

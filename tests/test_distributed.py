@@ -166,3 +166,27 @@ def test_multi_worker_run_writes_from_the_chief_only_and_a_killed_worker_rejoins
     # Only the chief's files: checkpoints, flags, summaries; one export.
     assert sorted(os.listdir(model_dir)) == ["ckpt-180", "ckpt-200", "flags.json", "train"]
     assert os.listdir(export_dir) == ["200"]
+
+
+def test_several_steps_per_execution_on_two_replicas_equal_single_steps(workdir, two_cpu_strategy):
+    """Keras 3.15's own multi-step loop fails on 2 replicas; ours must run the same steps."""
+    batches = np.load(workdir / "batches.npz")["images"][:2]
+
+    def train(steps_per_execution):
+        with two_cpu_strategy.scope():
+            model = model_lib.build_model(TINY)
+            checkpoint.restore_checkpoint(str(workdir / "init"), model)
+            opt = optimizers.build_optimizer("momentum", 0.05, momentum=0.9)
+            model.compile(optimizer=opt, steps_per_execution=steps_per_execution)
+            opt.build(model.trainable_variables)
+        ds = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: tf.data.Dataset.from_tensor_slices(
+            (batches, np.zeros(batches.shape[:2], "int32"))).unbatch().batch(GLOBAL_BATCH // 2))
+        history = model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+        return history.history["contrast_loss"][0], int(opt.iterations.numpy()), [v.numpy() for v in model.weights]
+
+    loss1, steps1, weights1 = train(1)
+    loss2, steps2, weights2 = train(2)
+    assert steps1 == steps2 == 2
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-6)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

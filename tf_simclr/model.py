@@ -204,6 +204,38 @@ class SimCLRModel(keras.Model):
         return logs["total_loss"], logs
 
     # ---------------------------------------------------------------- Steps (TensorFlow backend)
+    def make_train_function(self, force=False):
+        """Keras's loop, except several steps per call on several replicas.
+
+        Keras 3.15's `steps_per_execution` loop (a `while_loop` over optional
+        inputs) fails under MirroredStrategy with distributed datasets ("You must
+        feed a value for placeholder tensor 'while/cond/Placeholder'"). Our training
+        datasets repeat forever and `steps_per_execution` divides every epoch, so a
+        plain loop of `steps_per_execution` steps serves instead.
+        """
+        import tensorflow as tf
+
+        strategy = self.distribute_strategy
+        if self.steps_per_execution == 1 or strategy.num_replicas_in_sync == 1 or self.run_eagerly:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+        def one_step(data):
+            outputs = strategy.run(self.train_step, args=(data,))
+            return reduce_per_replica(outputs, strategy, reduction="auto")
+
+        @tf.function(reduce_retracing=True)
+        def multi_step(iterator):
+            outputs = one_step(next(iterator))
+            for _ in tf.range(self.steps_per_execution - 1):
+                outputs = one_step(next(iterator))
+            return outputs
+
+        self.train_function = multi_step
+        return multi_step
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skips Keras's peek at the first batch when model and optimizer are already built.
 

@@ -22,7 +22,6 @@ if role != "single":
         "task": {"type": "worker", "index": int(role)},
     })
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -221,3 +221,23 @@ def test_nonfinite_batch_leaves_state_unchanged(replicas, two_cpu_strategy):
     np.testing.assert_allclose(after["contrast_loss"], clean_after["contrast_loss"], rtol=1e-5)
     for name, u, v in zip(_state_names(model), model.weights, clean.weights):
         np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_export_of_a_bfloat16_model_computes_in_float32():
+    """The TF-Hub module's contract is float32 whatever --precision trained it."""
+    from tf_simclr import export
+
+    precision.set_precision("bfloat16")
+    keras.utils.set_random_seed(2)
+    mixed = build_model(TINY)
+    network = export.export_network(mixed)
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"  # Restored after the copy.
+    assert {layer.dtype_policy.name for layer in network._flatten_layers() if hasattr(layer, "dtype_policy")} == {"float32"}
+    precision.set_precision("float32")
+    reference = build_model(TINY)
+    reference.set_weights(mixed.get_weights())
+    images = _batch(4)[0][..., :3]
+    expected = reference(images, training=False)["final_avg_pool"]
+    got = network(images, training=False)["final_avg_pool"]
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)

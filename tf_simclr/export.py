@@ -121,6 +121,17 @@ def export_network(model: keras.Model) -> keras.Model:
                 f"export expects a tf_simclr SimCLRModel (with .encoder and .projection_head). "
                 f"Received: {type(model).__name__}"
             )
+    # Layers built inside the copies (blocks' convolutions) take the global policy: float32 while copying,
+    # whatever --precision the run trained with.
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        return _build_export_network(model)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _build_export_network(model: keras.Model) -> keras.Model:
     encoder = keras.models.clone_model(model.encoder, clone_function=_plain_layer_copy)
     projection_head = _plain_layer_copy(model.projection_head)
     supervised = getattr(model, "supervised_head", None)

@@ -89,6 +89,7 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_bool("deterministic", False, "Bit-exact runs: op determinism, augmentation drawn from --seed and the step, data order restored on resume (slower). Needs --seed.")
 flags.DEFINE_bool("skip_nonfinite_steps", False, "Skip and count steps whose loss or gradients are NaN/Inf instead of stopping the run.")
 flags.DEFINE_bool("strict", False, "Fail on corrupt, truncated or non-image files in a folder: dataset instead of skipping them with a warning.")
+flags.DEFINE_enum("augment_on", "host", ["host", "device"], "Where pretraining augmentations run: host (tf.data, per image) or device (batched inside the compiled train step, on the accelerator; the host only decodes and batches uint8 images).")
 flags.DEFINE_integer("feature_eval_examples", 0, "Examples of each split used by --feature_eval (0 = all).")
 
 log = py_logging.getLogger("tf_simclr")
@@ -110,7 +111,7 @@ def config_from_flags():
         data=DataConfig(
             dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split, eval_split=f.eval_split,
             image_size=f.image_size, color_jitter_strength=f.color_jitter_strength, use_blur=f.use_blur,
-            cache_dataset=f.cache_dataset, strict_images=f.strict,
+            cache_dataset=f.cache_dataset, strict_images=f.strict, augment_on=f.augment_on,
         ),
         train=TrainConfig(
             model_dir=model_dir, train_mode=f.train_mode, train_batch_size=f.train_batch_size,

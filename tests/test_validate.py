@@ -239,3 +239,13 @@ def test_export_of_another_architecture_is_refused_from_its_metadata(tmp_path, u
     linear = make_config(tmp_path, unprepared_dir, model=dataclasses.replace(TINY, proj_head_mode="linear"),
                          train_mode="finetune", checkpoint=str(tmp_path / "exported"))
     validate.check_before_work(linear, mode="train", num_replicas=1)
+
+
+def test_device_augmentation_is_for_pretraining_only(tmp_path):
+    config = make_config(tmp_path, train_mode="finetune", checkpoint=str(tmp_path))
+    device = dataclasses.replace(config, data=dataclasses.replace(config.data, augment_on="device"))
+    validate.check_config(config)
+    with pytest.raises(ValueError, match="--augment_on=device applies to pretraining only"):
+        validate.check_config(device)
+    pretrain = dataclasses.replace(device, train=dataclasses.replace(device.train, train_mode="pretrain", checkpoint=None))
+    validate.check_config(pretrain)

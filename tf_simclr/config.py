@@ -44,6 +44,7 @@ class DataConfig:
     use_blur: bool = True
     cache_dataset: bool = False
     strict_images: bool = False  # Bad files in an image folder are an error instead of skipped.
+    augment_on: str = "host"  # host (tf.data) | device (inside the compiled step; pretraining only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import numbers
 import os
 import socket
@@ -329,6 +330,44 @@ def _preprocess_fn(
     )
 
 
+AUGMENT_ON = ("host", "device")
+
+
+def device_input_size(source, image_size: int) -> tuple[int, int]:
+    """Size of the uint8 images handed to on-device augmentation.
+
+    Sources of one image size keep it; images of varying sizes are resized so the
+    short side is 8/7 of `image_size` (256 for 224, the usual eval resize) and
+    centre-cropped square, since a batch needs one shape. Crops are then drawn
+    from that image rather than from the original (the one deviation from the
+    host pipeline).
+    """
+    height, width = tuple(source.image_shape)[:2]
+    if height and width:
+        return int(height), int(width)
+    side = int(math.ceil(image_size * 8 / 7))
+    return side, side
+
+
+def _device_input_fn(source, image_size: int):
+    height, width = device_input_size(source, image_size)
+    fixed = tuple(tuple(source.image_shape)[:2]) == (height, width)
+
+    def to_uint8_rgb(image, seed):
+        image = tf.convert_to_tensor(image)
+        if not fixed:
+            scale = tf.cast(height, tf.float32) / tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32)
+            new = tf.cast(tf.math.ceil(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+            image = tf.image.resize(image, new, antialias=True)
+            image = tf.image.resize_with_crop_or_pad(image, height, width)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        return tf.ensure_shape(tf.cast(image, tf.uint8), (height, width, 3))
+
+    return to_uint8_rgb
+
+
 def example_seed(seed: int, position, pipeline_id: int = 0) -> tf.Tensor:
     """The augmentation seed (int64 `[2]`) of the example at `position` of a stream.
 
@@ -402,6 +441,7 @@ def build_dataset(
     shuffle_buffer: Optional[int] = None,
     seed: Optional[int] = None,
     repeat: Optional[bool] = None,
+    augment_on: str = "host",
     deterministic: bool = False,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
@@ -439,6 +479,9 @@ def build_dataset(
         of the augmentations (otherwise they use TF's global seed). Defaults
         to None.
       repeat: repeat forever. Defaults to `is_training`.
+      augment_on: `host` augments here; `device` (pretraining only) yields uint8
+        `[B, H, W, 3]` images of one size for `SimCLRModel` to augment inside its
+        compiled step. Defaults to `host`.
       deterministic: reproducible batches (see above; needs `seed`), at some
         cost in speed: outputs keep their order. Defaults to False.
       skip_batches: start at batch k of the stream, per input pipeline. With
@@ -452,7 +495,12 @@ def build_dataset(
     """
     _check_pipeline_args(source, split, mode, batch_size, image_size, is_training)
     _check_determinism_args(deterministic, seed, skip_batches)
-    preprocess = _preprocess_fn(mode, is_training, image_size, color_jitter_strength, use_blur)
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}. Received: augment_on={augment_on!r}")
+    if augment_on == "device" and is_training and mode == "pretrain":
+        preprocess = _device_input_fn(source, image_size)
+    else:
+        preprocess = _preprocess_fn(mode, is_training, image_size, color_jitter_strength, use_blur)
     ds = source.as_dataset(split, shuffle_files=is_training, input_context=input_context, seed=seed)
     if cache:
         ds = ds.cache()

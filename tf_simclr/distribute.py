@@ -82,6 +82,14 @@ def create_strategy(
         tpu_name, tpu_zone, gcp_project, master: Where the TPU is.
         num_gpus: GPUs to use on this machine (None = all).
     """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        from tf_simclr import jax_support
+
+        jax_support.hide_accelerators_from_tensorflow()  # Before TF initializes devices: JAX owns the GPUs.
+        log.info("Strategy: none (KERAS_BACKEND=jax shards batches over JAX's local devices; TensorFlow only feeds data)")
+        return tf.distribute.get_strategy()
     tpu = tpu_name or master or os.environ.get("TPU_NAME")
     if use_tpu and tpu:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu, zone=tpu_zone, project=gcp_project)

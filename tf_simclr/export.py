@@ -331,7 +331,7 @@ def _recover_interrupted(parent: str, name: str) -> None:
     final = os.path.join(parent, name)
     for entry in sorted(os.listdir(parent)):
         path = os.path.join(parent, entry)
-        if entry.startswith(".tmp-") and entry[len(".tmp-"):].split("-")[0].isdigit():
+        if entry.startswith(f".tmp-{name}-") or (entry.startswith(".tmp-") and entry[len(".tmp-"):].split("-")[0].isdigit()):
             shutil.rmtree(path, ignore_errors=True)
         elif entry.startswith(f".old-{name}-"):
             if not os.path.exists(final) and os.path.exists(os.path.join(path, "saved_model.pb")):

@@ -49,6 +49,10 @@ class SimCLRModel(keras.Model):
             running means, `optimizer.iterations` still advances (it counts batches)
             and the `nonfinite_steps` log counts such steps. Defaults to False (the
             step is applied as computed).
+        device_augment: A `device_augment.DeviceAugment` layer: pretraining batches
+            are then uint8 images `[B, H, W, 3]` that the step turns into two views
+            on the accelerator (`--augment_on=device`). Defaults to None (views come
+            from the host pipeline).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class SimCLRModel(keras.Model):
         hidden_norm: bool = True,
         ft_proj_selector: int = 0,
         skip_nonfinite: bool = False,
+        device_augment: Optional[keras.layers.Layer] = None,
         name: str = "simclr",
         **kwargs,
     ):
@@ -77,6 +82,7 @@ class SimCLRModel(keras.Model):
         self.temperature = temperature
         self.hidden_norm = hidden_norm
         self.ft_proj_selector = ft_proj_selector
+        self.device_augment = device_augment
         self.skip_nonfinite = bool(skip_nonfinite)
         self.l2_weight_decay = 0.0
         # Ids, not a list: Keras would track a list of variables as new state.
@@ -108,7 +114,26 @@ class SimCLRModel(keras.Model):
         parts = {"encoder": self.encoder, "projection_head": self.projection_head}
         if self.supervised_head is not None:
             parts["supervised_head"] = self.supervised_head
+        if self.device_augment is not None:
+            parts["device_augment"] = self.device_augment  # Its seed state: resumed runs draw new views.
         return parts
+
+    def augment_on_device(self, images):
+        """Two views of each uint8 image, drawn inside the compiled step (`--augment_on=device`).
+
+        Every replica advances the same seed state, so the replica id is folded into
+        the key: replicas must not draw the same crops for their different images.
+        """
+        from tf_simclr import device_augment as device_augment_lib
+
+        layer = self.device_augment
+        seed = ops.cast(layer.seed_generator.next(), "int32")
+        replica_id = ops.cast(replica.current().replica_id, "int32")
+        seed = seed + ops.stack([ops.zeros_like(replica_id), replica_id * 65599])
+        return device_augment_lib.device_views(
+            images, seed, image_size=layer.image_size, color_jitter_strength=layer.color_jitter_strength,
+            blur=layer.blur, num_views=2,
+        )
 
     # ---------------------------------------------------------------- Weight decay
     def weight_decay_exclusions(self) -> list:
@@ -177,6 +202,8 @@ class SimCLRModel(keras.Model):
         """
         logs = {}
         if self.train_mode == "pretrain":
+            if self.device_augment is not None and images.shape[-1] == 3:
+                images = self.augment_on_device(images)
             if images.shape[-1] != 6:
                 raise ValueError(
                     "Pretraining expects two views stacked on the channel axis, images of shape "
@@ -213,6 +240,8 @@ class SimCLRModel(keras.Model):
         datasets repeat forever and `steps_per_execution` divides every epoch, so a
         plain loop of `steps_per_execution` steps serves instead.
         """
+        if keras.backend.backend() != "tensorflow":
+            return super().make_train_function(force)  # JAX: Keras's own jitted loop.
         import tensorflow as tf
 
         strategy = self.distribute_strategy
@@ -244,11 +273,17 @@ class SimCLRModel(keras.Model):
         MultiWorkerMirroredStrategy, fails reducing the per-replica batch.
         """
         built = all(layer.built for layer in self._flatten_layers())
-        if built and (self.optimizer is None or self.optimizer.built):
+        if keras.backend.backend() == "tensorflow" and built and (self.optimizer is None or self.optimizer.built):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One optimizer step: `train_step(data)` under TensorFlow, `train_step(state, data)` under JAX."""
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data):
         import tensorflow as tf  # The TF trainer's step; the math above is backend-neutral.
 
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -296,6 +331,75 @@ class SimCLRModel(keras.Model):
             results["loss_scale"] = ops.cast(optimizer.dynamic_scale, "float32")
         return _for_keras_reduction(results)
 
+    # ---------------------------------------------------------------- Steps (JAX backend)
+    def _jax_train_step(self, state, data):
+        """The TF step's maths, stateless: Keras's JAX trainer threads the variables through `state`.
+
+        `state` is `(trainable, non_trainable, optimizer, metrics)` variable values in
+        the order of `self.trainable_variables`, `self.non_trainable_variables`,
+        `self.optimizer.variables` and `self.metrics_variables`. Under
+        `keras.distribution.DataParallel` the batch is one global (sharded) array, so
+        there is no per-replica scaling and no gather: XLA inserts the all-reduces.
+        """
+        import jax
+
+        trainable, non_trainable, optimizer_values, metric_values = state
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        optimizer = self.optimizer
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        optimizer_state = list(zip(optimizer.variables, optimizer_values))
+
+        def scaled_loss(trainable_values):
+            model_state = list(zip(self.trainable_variables, trainable_values)) + list(
+                zip(self.non_trainable_variables, non_trainable)
+            )
+            (total, logs), updated = _stateless(
+                lambda: self.compute_losses(images, labels, training=True), model_state, self.non_trainable_variables
+            )
+            scaled, _ = _stateless(lambda: optimizer.scale_loss(total), optimizer_state, [])
+            return scaled, (total, logs, updated)
+
+        (_, (total, logs, new_non_trainable)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
+        learning_rate, _ = _stateless(lambda: ops.cast(optimizer.learning_rate, "float32"), optimizer_state, [])
+        new_trainable, new_optimizer = optimizer.stateless_apply(optimizer_values, gradients, trainable)
+        finite = None
+        if self.skip_nonfinite:
+            # As the TF step: a LossScaleOptimizer judges its own (scaled) gradients.
+            finite = ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in [total, *([] if loss_scaling else gradients)]]))
+            keep = lambda new, old: [ops.where(finite, n, o) for n, o in zip(new, old)]  # noqa: E731
+            new_trainable = keep(new_trainable, trainable)
+            new_optimizer = keep(new_optimizer, optimizer_values)
+            new_non_trainable = keep(new_non_trainable, non_trainable)
+        # `iterations` counts batches, skipped ones included (the TF step's rule).
+        new_optimizer = _advance_iterations(optimizer, optimizer_values, new_optimizer)
+
+        def update_metrics():
+            self._update_trackers(logs, finite)
+            results = {**self._results(), "learning_rate": learning_rate}
+            if self.skip_nonfinite:
+                results["nonfinite_steps"] = self._nonfinite_steps.result()
+            return results
+
+        results, new_metrics = _stateless(update_metrics, list(zip(self.metrics_variables, metric_values)), self.metrics_variables)
+        if loss_scaling:
+            scale, _ = _stateless(lambda: ops.cast(optimizer.dynamic_scale, "float32"), list(zip(optimizer.variables, new_optimizer)), [])
+            results["loss_scale"] = scale
+        return results, (new_trainable, new_non_trainable, new_optimizer, new_metrics)
+
+    def _jax_test_step(self, state, data):
+        """`_eval_batch` run stateless on `(trainable, non_trainable, metrics)` values."""
+        trainable, non_trainable, metric_values = state
+        mapping = (
+            list(zip(self.trainable_variables, trainable))
+            + list(zip(self.non_trainable_variables, non_trainable))
+            + list(zip(self.metrics_variables, metric_values))
+        )
+        results, updated = _stateless(
+            lambda: self._eval_batch(data), mapping, self.non_trainable_variables + self.metrics_variables
+        )
+        count = len(self.non_trainable_variables)
+        return results, (trainable, updated[:count], updated[count:])
+
     def _update_trackers(self, logs, finite):
         """Adds the step's losses to the running means, unless the step was skipped (`finite` False)."""
         if finite is None:
@@ -317,7 +421,13 @@ class SimCLRModel(keras.Model):
             for variable in (layer.moving_mean, layer.moving_variance)
         ]
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        """Evaluation of the supervised head: `test_step(data)` (TensorFlow), `test_step(state, data)` (JAX)."""
+        if keras.backend.backend() == "jax":
+            return self._jax_test_step(*args)
+        return self._eval_batch(args[0])
+
+    def _eval_batch(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.supervised_head is None:
             raise ValueError("Evaluation needs a supervised head: pretrain with lineareval_while_pretraining or fine-tune.")
@@ -353,6 +463,31 @@ class RunningTotal(keras.metrics.Sum):
 
     def reset_total(self):
         super().reset_state()
+
+
+def _stateless(fn, state_mapping, read_back):
+    """Runs `fn()` with variables mapped to values (JAX); returns `(fn's result, new values of read_back)`.
+
+    Assignments inside `fn` land in the scope, not the variables, so the step stays
+    a pure function that `jax.jit` and `jax.grad` can trace.
+    """
+    with keras.StatelessScope(state_mapping=state_mapping) as scope:
+        result = fn()
+    values = dict((id(v), value) for v, value in state_mapping)
+    updated = []
+    for variable in read_back:
+        value = scope.get_current_value(variable)
+        updated.append(value if value is not None else values.get(id(variable), variable.value))
+    return result, updated
+
+
+def _advance_iterations(optimizer, old_values, new_values):
+    """Sets `optimizer.iterations` to its old value + 1 in `new_values` (the batch counts even if skipped)."""
+    new_values = list(new_values)
+    for index, variable in enumerate(optimizer.variables):
+        if variable is optimizer.iterations:
+            new_values[index] = old_values[index] + ops.cast(1, old_values[index].dtype)
+    return new_values
 
 
 def _finite_on_all_replicas(tensors):
@@ -406,6 +541,8 @@ def _for_keras_reduction(logs: dict) -> dict:
     Keras 3 reduces step outputs across workers with `reduce("MEAN", v, axis=0)`,
     which fails on scalars; a [1] tensor reduces to the same scalar mean.
     """
+    if keras.backend.backend() != "tensorflow":
+        return logs
     import tensorflow as tf
 
     strategy = tf.distribute.get_strategy()
@@ -439,6 +576,7 @@ def build_model(
     hidden_norm: bool = True,
     zero_init_logits_layer: bool = False,
     skip_nonfinite: bool = False,
+    device_augment: Optional[keras.layers.Layer] = None,
 ) -> SimCLRModel:
     """Builds (and initializes) a SimCLR model from a `ModelConfig`.
 
@@ -449,7 +587,7 @@ def build_model(
         train_mode: 'pretrain' or 'finetune'.
         temperature, hidden_norm: NT-Xent settings.
         zero_init_logits_layer: Start the supervised head at zero.
-        skip_nonfinite: See `SimCLRModel`.
+        skip_nonfinite, device_augment: See `SimCLRModel`.
     """
     encoder = resnet_lib.resnet(
         depth=config.resnet_depth,
@@ -480,6 +618,9 @@ def build_model(
         hidden_norm=hidden_norm,
         ft_proj_selector=config.ft_proj_selector,
         skip_nonfinite=skip_nonfinite,
+        device_augment=device_augment,
     )
+    if device_augment is not None:
+        device_augment.build((None, None, None, 3))
     model(ops.zeros((1, config.image_size, config.image_size, 3)), training=False)
     return model

@@ -21,6 +21,7 @@ from tf_simclr import callbacks as callbacks_lib
 from tf_simclr import checkpoint as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import export as export_lib
+from tf_simclr import jax_support
 from tf_simclr import model as model_lib
 from tf_simclr import optimizers as optimizers_lib
 from tf_simclr import preemption
@@ -81,8 +82,18 @@ def create_model(config: Config, num_classes: Optional[int], plan: Plan):
     """Builds the model and its optimizer and compiles them (call inside `strategy.scope()`)."""
     t = config.train
     with_head = t.train_mode == "finetune" or t.lineareval_while_pretraining
+    augment_layer = None
+    if config.data.augment_on == "device" and t.train_mode == "pretrain":
+        from tf_simclr import device_augment
+
+        d = config.data
+        augment_layer = device_augment.DeviceAugment(
+            d.image_size, color_jitter_strength=d.color_jitter_strength, blur=d.use_blur, seed=t.seed,
+            name="device_augment",
+        )
     model = model_lib.build_model(
         config.model,
+        device_augment=augment_layer,
         num_classes=num_classes if with_head else None,
         train_mode=t.train_mode,
         temperature=t.temperature,
@@ -107,7 +118,9 @@ def create_model(config: Config, num_classes: Optional[int], plan: Plan):
 
     optimizer = precision_lib.wrap_optimizer(optimizer, t.precision)
     model.skip_nonfinite = t.skip_nonfinite_steps
-    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution, jit_compile=t.jit_compile)
+    # Under JAX the step is always jitted (eager JAX dispatches op by op); --jit_compile is XLA for TensorFlow.
+    jit_compile = True if jax_support.is_jax() else t.jit_compile
+    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution, jit_compile=jit_compile)
     optimizer.build(model.trainable_variables)
     return model
 
@@ -184,12 +197,15 @@ def _dataset(config: Config, source, strategy, split: str, is_training: bool, gl
             cache=d.cache_dataset,
             input_context=input_context,
             seed=config.train.seed,
+            augment_on=d.augment_on if mode == "pretrain" else "host",
             deterministic=deterministic,
             # Each step takes one per-replica batch per replica, spread over the input pipelines.
             skip_batches=skip_batches * replicas // input_context.num_input_pipelines,
         )
 
     flag = "--train_batch_size" if is_training else "--eval_batch_size"
+    if jax_support.is_jax():  # One pipeline of global batches; keras.distribution shards them.
+        return jax_support.global_batch_dataset(dataset_fn, global_batch, flag=flag)
     return data_lib.distribute_dataset(strategy, dataset_fn, global_batch, flag=flag)
 
 
@@ -208,6 +224,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
 
     from tf_simclr import distribute as distribute_lib
 
+    if jax_support.is_jax():
+        strategy = jax_support.prepare_jax_training(strategy)
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
     chief = distribute_lib.is_chief(strategy)
@@ -250,6 +268,12 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     export_base = t.export_dir or export_lib.default_export_dir(t.model_dir)
 
     def export(step):
+        if jax_support.is_jax():  # SavedModel export needs the TensorFlow backend: a subprocess has it.
+            checkpoint = os.path.join(t.model_dir, f"ckpt-{int(step)}")
+            path = jax_support.export_checkpoint_in_subprocess(checkpoint, export_base, keep_max=t.keep_hub_module_max)
+            if path:
+                log.info("Exported TF-Hub module %s", path)
+            return
         path = export_lib.export_to_hub_dir(model, export_base, step, keep_max=t.keep_hub_module_max, meta=meta)
         log.info("Exported TF-Hub module %s", path)
 
@@ -280,7 +304,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     if stopper.preempted_step is not None:
         raise preemption.Preempted(stopper.preempted_step, stopper.last_path)
     # ---- Export (the reference never exports after pure pretraining) ---------------
-    step = int(model.optimizer.iterations.numpy())
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if chief and t.export_at_end and step not in export_lib.exported_steps(export_base):
         export(step)
     return model

@@ -79,6 +79,11 @@ def check_config(config: Config) -> None:
         raise ValueError("Pass --train_subset_ids or --train_label_fraction, not both.")
     if t.deterministic and t.seed is None:
         raise ValueError("--deterministic needs --seed (bit-exact runs draw weights and augmentation from it); pass e.g. --seed=0.")
+    if d.augment_on == "device" and t.train_mode != "pretrain":
+        raise ValueError(
+            "--augment_on=device applies to pretraining only (fine-tuning's crop and flip run on the host); "
+            "drop it or use --train_mode=pretrain."
+        )
     if t.train_mode == "finetune" and not t.checkpoint and not os.path.isdir(t.model_dir):
         raise ValueError("--train_mode=finetune needs --checkpoint (a pretraining model_dir or ckpt-<step> folder).")
 

@@ -1,0 +1,463 @@
+"""SimCLR augmentation of whole batches in `keras.ops`, for the accelerator.
+
+`tf_simclr.augment` augments one image at a time in `tf.data` on the host;
+at large image sizes the host CPUs become the bottleneck. Here the host only
+decodes and batches uint8 images, and `device_views` (or the `DeviceAugment`
+layer) makes the views inside the compiled train step. Only `keras.ops` is
+used, so the same code runs under the TensorFlow and the JAX backend, in a
+`tf.function` (XLA or not) or under `jax.jit`.
+
+The distribution is that of `augment.pretrain_views(..., impl="simclrv2")`:
+
+* Crop: the algorithm of `tf.image.stateless_sample_distorted_bounding_box`
+  as `augment.sample_crop_box` calls it (area (0.08, 1), aspect ratio
+  (3/4, 4/3) times the output's aspect, min_object_covered 0.1, 100 attempts
+  then the whole image), replayed in integer pixels for all images at once.
+* Resize: the crop is resampled bicubically exactly as `tf.image.resize`
+  (Keys cubic a=-0.5, half-pixel centres, taps outside the crop dropped and
+  the weights renormalised), as two per-image matrices `[S, H]` and `[S, W]`:
+  two batched matmuls instead of a per-image gather. The flip reverses the
+  column matrix.
+* Colour: brightness (multiplicative), contrast, saturation and hue in a
+  uniformly random order per image with p=0.8, clipped after each op, then
+  grayscale with p=0.2; blur (p=0.5, sigma ~ U(0.1, 2), kernel image_size // 10,
+  zero padding) last, clipped.
+
+Deviations (rounding only): TF's bicubic weights come from a 1024-entry table
+(here exact; differences < 1e-3); the resize's overshoot is clipped before the
+first jitter op (the host clips after it) and before the grayscale step when no
+jitter ran (the host after it); a jitter op not chosen in a round runs with its
+identity factor (exact up to ~1e-7); and on GPUs
+whose float32 matmuls run in TF32 (JAX's default, TF's on Ampere+) the resize
+carries ~1e-3 relative error.
+
+Randomness: every draw comes from a counter-based hash (murmur3's finaliser
+on uint32, in `keras.ops`) keyed by a `[2]` integer seed. So a seed tensor
+gives the same views under both backends and in any compiled function, and a
+`keras.random.SeedGenerator` is advanced exactly once per call (its `next()`
+gives the key), which is what Keras's stateless JAX train step threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # As tf.image.rgb_to_grayscale and augment.py.
+_AREA_RANGE = (0.08, 1.0)
+_ASPECT_RANGE = (3 / 4, 4 / 3)
+_MIN_OBJECT_COVERED = 0.1
+_MAX_ATTEMPTS = 100  # As augment.sample_crop_box.
+_SIGMA_RANGE = (0.1, 2.0)
+_JITTER_P, _GRAY_P, _BLUR_P = 0.8, 0.2, 0.5
+_KEYS_A = -0.5  # The Keys cubic of tf.image.resize(method="bicubic").
+
+# Column layout of the uniforms one view draws per image.
+_COL_ASPECT = 0
+_COL_HEIGHT = _COL_ASPECT + _MAX_ATTEMPTS
+_COL_TOP = _COL_HEIGHT + _MAX_ATTEMPTS
+_COL_LEFT = _COL_TOP + 1
+_COL_FLIP = _COL_LEFT + 1
+_COL_JITTER = _COL_FLIP + 1  # Whether to jitter.
+_COL_FACTORS = _COL_JITTER + 1  # 4: brightness, contrast, saturation, hue.
+_COL_ORDER = _COL_FACTORS + 4  # 4: sorted to a random permutation.
+_COL_GRAY = _COL_ORDER + 4
+_COL_BLUR = _COL_GRAY + 1
+_COL_SIGMA = _COL_BLUR + 1
+_COLS_PER_VIEW = _COL_SIGMA + 1
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def _u32(value):
+    return ops.convert_to_tensor(np.uint32(value), dtype="uint32")
+
+
+def _fmix32(h):
+    """murmur3's 32-bit finaliser: a bijection that mixes every input bit into every output bit."""
+    h = ops.bitwise_xor(h, ops.right_shift(h, _u32(16)))
+    h = ops.multiply(h, _u32(0x85EBCA6B))
+    h = ops.bitwise_xor(h, ops.right_shift(h, _u32(13)))
+    h = ops.multiply(h, _u32(0xC2B2AE35))
+    return ops.bitwise_xor(h, ops.right_shift(h, _u32(16)))
+
+
+def seed_key(seed):
+    """The uint32 `[2]` key of `seed`: a SeedGenerator (advanced once), an int or int `[2]`."""
+    if isinstance(seed, keras.random.SeedGenerator):
+        seed = seed.next()
+    elif isinstance(seed, int):
+        seed = [seed, 0]
+    seed = ops.convert_to_tensor(seed)
+    if tuple(seed.shape) != (2,) or "int" not in str(seed.dtype):
+        raise ValueError(
+            "seed must be a keras.random.SeedGenerator, a Python int or an integer tensor of "
+            f"shape [2]. Received: dtype={seed.dtype}, shape={tuple(seed.shape)}"
+        )
+    return ops.cast(seed, "uint32")
+
+
+def hashed_uniforms(key, batch_size, first_column: int, num_columns: int):
+    """float32 uniforms in [0, 1) `[batch_size, num_columns]`, a pure function of
+    (key, row, column): the same on every backend and at every batch split."""
+    rows = ops.cast(ops.arange(batch_size), "uint32")[:, None]
+    cols = ops.cast(ops.arange(first_column, first_column + num_columns), "uint32")[None, :]
+    row_key = _fmix32(ops.add(ops.multiply(rows, _u32(0x9E3779B9)), key[0]))
+    h = _fmix32(ops.add(ops.bitwise_xor(row_key, ops.multiply(cols, _u32(0x7FEB352D))), key[1]))
+    h = _fmix32(ops.bitwise_xor(h, row_key))
+    return ops.cast(ops.right_shift(h, _u32(8)), "float32") * (1.0 / (1 << 24))
+
+
+# ----------------------------------------------------------------------------- crop boxes
+
+
+def _crop_boxes_from_uniforms(u, image_height: int, image_width: int, target_aspect_ratio: float):
+    """`sample_distorted_bounding_box`'s algorithm on `[B, A]` attempts at once.
+
+    Each attempt draws an aspect ratio uniformly, then an integer height
+    uniformly between the heights that give the smallest and the largest area
+    (not a uniform area), rounding as the TF kernel (`lrintf` = round half to
+    even). The first valid attempt wins; none valid gives the whole image.
+    """
+    h_img, w_img = float(image_height), float(image_width)
+    low, high = (r * target_aspect_ratio for r in _ASPECT_RANGE)
+    ratio = low + (high - low) * u[:, _COL_ASPECT:_COL_ASPECT + _MAX_ATTEMPTS]
+    min_area = np.float32(_AREA_RANGE[0]) * np.float32(w_img * h_img)
+    max_area = np.float32(_AREA_RANGE[1]) * np.float32(w_img * h_img)
+
+    height = ops.round(ops.sqrt(min_area / ratio))
+    max_height = ops.round(ops.sqrt(max_area / ratio))
+    # The tallest height whose rounded width still fits the image.
+    fitting = ops.floor((w_img + 0.5 - 1e-7) / ratio)
+    fitting = ops.where(ops.round(fitting * ratio) > w_img, fitting - 1, fitting)
+    max_height = ops.where(ops.round(max_height * ratio) > w_img, fitting, max_height)
+    max_height = ops.minimum(max_height, h_img)
+    height = ops.minimum(height, max_height)
+    span = max_height - height + 1  # Uniform integer in [height, max_height].
+    height = ops.minimum(height + ops.floor(u[:, _COL_HEIGHT:_COL_HEIGHT + _MAX_ATTEMPTS] * span),
+                         max_height)
+    width = ops.round(height * ratio)
+    # Rounding repairs of the kernel: one pixel taller if too small, shorter if too big.
+    too_small = width * height < min_area
+    height = ops.where(too_small, height + 1, height)
+    width = ops.where(too_small, ops.round(height * ratio), width)
+    too_big = width * height > max_area
+    height = ops.where(too_big, height - 1, height)
+    width = ops.where(too_big, ops.round(height * ratio), width)
+    area = width * height
+    valid = ops.logical_and(
+        ops.logical_and(area >= min_area, area <= max_area),
+        ops.logical_and(ops.logical_and(width <= w_img, height <= h_img),
+                        ops.logical_and(width > 0, height > 0)),
+    )
+    covered = area / np.float32(w_img * h_img) >= np.float32(_MIN_OBJECT_COVERED)
+    valid = ops.logical_and(valid, covered)
+
+    first = ops.argmax(ops.cast(valid, "int32"), axis=1)[:, None]
+    found = ops.any(valid, axis=1)
+    height = ops.where(found, ops.take_along_axis(height, first, axis=1)[:, 0], h_img)
+    width = ops.where(found, ops.take_along_axis(width, first, axis=1)[:, 0], w_img)
+    # The kernel's Uniform(n) is in [0, n - 1]: the last offset is never drawn.
+    top = ops.minimum(ops.floor(u[:, _COL_TOP] * (h_img - height)),
+                      ops.maximum(h_img - height - 1, 0))
+    left = ops.minimum(ops.floor(u[:, _COL_LEFT] * (w_img - width)),
+                       ops.maximum(w_img - width - 1, 0))
+    return top, left, height, width
+
+
+def sample_crop_boxes(seed, batch_size, image_height: int, image_width: int, *,
+                      target_aspect_ratio: float = 1.0, view: int = 0):
+    """The crop boxes `device_views` uses for view `view` of a batch, for inspection.
+
+    Returns:
+        `(top, left, height, width)`, float32 `[batch_size]` whole pixel counts.
+    """
+    u = hashed_uniforms(seed_key(seed), batch_size, view * _COLS_PER_VIEW, _COLS_PER_VIEW)
+    return _crop_boxes_from_uniforms(u, image_height, image_width, target_aspect_ratio)
+
+
+# ----------------------------------------------------------------------------- resize
+
+
+def _keys_cubic(distance):
+    """The Keys cubic convolution kernel (a = -0.5) at |distance|."""
+    x = ops.abs(distance)
+    a = _KEYS_A
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return ops.where(x <= 1.0, near, ops.where(x < 2.0, far, 0.0))
+
+
+def _bicubic_matrix(start, length, in_size: int, out_size: int):
+    """`[B, out_size, in_size]` weights that resize `[start, start + length)` to `out_size`.
+
+    As `tf.image.resize(..., "bicubic")`: output pixel o samples the crop at
+    (o + 0.5) * length / out_size - 0.5; source pixels outside the crop get
+    weight 0 and the rest are renormalised (edges are not replicated).
+    """
+    centres = (ops.arange(out_size, dtype="float32") + 0.5)[None, :, None]
+    position = centres * (length / out_size)[:, None, None] - 0.5  # In crop pixels.
+    source = ops.arange(in_size, dtype="float32")[None, None, :] - start[:, None, None]
+    inside = ops.logical_and(source >= 0, source < length[:, None, None])
+    weights = ops.where(inside, _keys_cubic(position - source), 0.0)
+    return weights / ops.sum(weights, axis=-1, keepdims=True)
+
+
+def resized_crops(images, top, left, height, width, flip, image_size: int):
+    """Crops every image to its box, flips where `flip`, bicubic resize to `image_size`.
+
+    Args:
+        images: uint8 (scaled by 1/255) or float `[B, H, W, C]`, C in {1, 3}, static H, W.
+        top, left, height, width: float32 `[B]` boxes in whole pixels.
+        flip: bool `[B]`, left-right flip.
+        image_size: Output side S.
+
+    Returns:
+        float32 `[B, S, S, 3]`, not clipped (bicubic overshoots).
+    """
+    in_height, in_width, channels = images.shape[1], images.shape[2], images.shape[3]
+    scale = 1.0 / 255.0 if "int" in str(images.dtype) else 1.0
+    rows = _bicubic_matrix(top, height, in_height, image_size)
+    cols = _bicubic_matrix(left, width, in_width, image_size)
+    cols = ops.where(flip[:, None, None], ops.flip(cols, axis=1), cols)
+    pixels = ops.cast(images, "float32")
+    out = ops.einsum("byi,bijc->byjc", rows, pixels)
+    out = ops.einsum("byjc,bxj->byxc", out, cols) * scale
+    return out if channels == 3 else ops.tile(out, [1, 1, 1, 3])
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def _per_image(values):
+    return values[:, None, None, None]
+
+
+def adjust_brightness(images, factors):
+    """simclrv2 brightness: multiply by a per-image factor."""
+    return images * _per_image(factors)
+
+
+def adjust_contrast(images, factors):
+    """As tf.image.adjust_contrast: scale each channel's deviation from its mean."""
+    mean = ops.mean(images, axis=(1, 2), keepdims=True)
+    return (images - mean) * _per_image(factors) + mean
+
+
+def _value_and_chroma(images):
+    """HSV value (max) and chroma (max - min) as TF's kernels: chroma 0 where value <= 0."""
+    value = ops.max(images, axis=-1, keepdims=True)
+    chroma = value - ops.min(images, axis=-1, keepdims=True)
+    return value, ops.where(value > 0, chroma, 0.0)
+
+
+def adjust_saturation(images, factors):
+    """As tf.image.adjust_saturation, without the HSV round trip.
+
+    Saturation is chroma / value; scaling it (clipped to 1) at fixed hue and
+    value moves every channel towards the value by the same ratio.
+    """
+    value, chroma = _value_and_chroma(images)
+    safe_chroma = ops.where(chroma > 0, chroma, 1.0)
+    ratio = ops.minimum(_per_image(factors), value / safe_chroma)  # New / old saturation.
+    ratio = ops.where(chroma > 0, ratio, 0.0)
+    return value - (value - images) * ratio
+
+
+def adjust_hue(images, deltas):
+    """As tf.image.adjust_hue: rotate the HSV hue by `deltas` (fractions of a turn)."""
+    value, chroma = _value_and_chroma(images)
+    r, g, b = images[..., 0:1], images[..., 1:2], images[..., 2:3]
+    safe = ops.where(chroma > 0, chroma, 1.0)
+    sector = ops.where(r == value, (g - b) / safe,
+                       ops.where(g == value, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = ops.where(chroma > 0, sector, 0.0) / 6.0 + _per_image(deltas)
+    hue = hue - ops.floor(hue)  # In [0, 1).
+    # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is value - chroma * clip(min(k, 4 - k)).
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = n + 6.0 * hue
+        k = k - 6.0 * ops.floor(k / 6.0)
+        channels.append(value - chroma * ops.clip(ops.minimum(k, 4.0 - k), 0.0, 1.0))
+    return ops.concatenate(channels, axis=-1)
+
+
+def to_grayscale(images):
+    """Luma grayscale in three equal channels (the weights of augment.to_grayscale)."""
+    gray = ops.sum(images * ops.convert_to_tensor(_GRAY_WEIGHTS, "float32"), axis=-1, keepdims=True)
+    return ops.tile(gray, [1, 1, 1, 3])
+
+
+def _jitter_factors(u, strength: float):
+    """`[B]` brightness, contrast, saturation, hue from uniforms, ranges as augment.py."""
+    b = c = s = 0.8 * strength
+    h = min(0.2 * strength, 0.5)
+    low = (max(1.0 - b, 0.0), max(1.0 - c, 0.0), max(1.0 - s, 0.0), -h)
+    high = (1.0 + b, 1.0 + c, 1.0 + s, h)
+    return [lo + (hi - lo) * u[:, _COL_FACTORS + i] for i, (lo, hi) in enumerate(zip(low, high))]
+
+
+def _color_jitter(images, u, strength: float):
+    """The 4 jitter ops in a uniformly random order per image, clipped after each.
+
+    Round r runs all 4 ops in a fixed order, each with its image's factor
+    where the image's permutation puts that op at r and the identity factor
+    elsewhere, so every image gets its own order without branches or selects
+    (straight-line elementwise work that XLA fuses without recomputation).
+    """
+    factors = _jitter_factors(u, strength)
+    order = ops.argsort(u[:, _COL_ORDER:_COL_ORDER + 4], axis=1)  # A uniform permutation.
+    adjust = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    identity = (1.0, 1.0, 1.0, 0.0)
+    for step in range(4):
+        for index, (fn, factor) in enumerate(zip(adjust, factors)):
+            chosen = order[:, step] == index
+            images = fn(images, ops.where(chosen, factor, identity[index]))
+            if index < 2:  # Saturation and hue map [0, 1] into itself.
+                images = ops.clip(images, 0.0, 1.0)
+    return images
+
+
+def _color_distortion(images, u, strength: float):
+    """Jitter with p=0.8, then grayscale with p=0.2; output in [0, 1]."""
+    jittered = _color_jitter(images, u, strength)
+    images = ops.clip(ops.where(_per_image(u[:, _COL_JITTER] < _JITTER_P), jittered, images), 0, 1)
+    return ops.where(_per_image(u[:, _COL_GRAY] < _GRAY_P), to_grayscale(images), images)
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def gaussian_blur(images, sigmas, kernel_size: int):
+    """Separable Gaussian blur, one sigma per image, 'SAME' zero padding (as augment.py).
+
+    The filter has 2 * (kernel_size // 2) + 1 taps; each axis is a sum of
+    shifted copies weighted per image (exact float32, fuses under XLA).
+
+    Args:
+        images: float32 `[B, H, W, C]`.
+        sigmas: float32 `[B]` standard deviations in pixels.
+        kernel_size: Python int >= 0.
+    """
+    radius = kernel_size // 2
+    if radius == 0:
+        return images
+    offsets = ops.arange(-radius, radius + 1, dtype="float32")[None, :]
+    sigmas = ops.cast(sigmas, "float32")[:, None]
+    weights = ops.exp(-ops.square(offsets) / (2.0 * ops.square(sigmas)))
+    weights = weights / ops.sum(weights, axis=1, keepdims=True)  # [B, taps]
+    height, width = images.shape[1], images.shape[2]
+
+    def along(x, axis, length):
+        pad = [[0, 0]] * 4
+        pad[axis] = [radius, radius]
+        padded = ops.pad(x, pad)
+        out = 0.0
+        for tap in range(2 * radius + 1):
+            window = padded[:, tap:tap + length] if axis == 1 else padded[:, :, tap:tap + length]
+            out = out + _per_image(weights[:, tap]) * window
+        return out
+
+    return along(along(images, 2, width), 1, height)
+
+
+def _random_blur(images, u, image_size: int):
+    blurred = gaussian_blur(
+        images, _SIGMA_RANGE[0] + (_SIGMA_RANGE[1] - _SIGMA_RANGE[0]) * u[:, _COL_SIGMA],
+        image_size // 10)
+    return ops.where(_per_image(u[:, _COL_BLUR] < _BLUR_P), ops.clip(blurred, 0.0, 1.0), images)
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def _check_args(images, image_size, color_jitter_strength, num_views):
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive Python int. Received: {image_size!r}")
+    if not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"num_views must be an int >= 1. Received: num_views={num_views!r}")
+    if color_jitter_strength < 0:
+        raise ValueError(f"color_jitter_strength must be >= 0. Received: {color_jitter_strength}")
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
+        raise ValueError(
+            "images must be a batch [B, H, W, C] with static H and W and C in {1, 3} "
+            f"(decode and batch same-sized images on the host). Received: shape={shape}"
+        )
+
+
+def device_view(images, key, view: int, *, image_size: int, color_jitter_strength: float = 1.0,
+                blur: bool = True):
+    """One augmented view of every image, drawn from `key` (uint32 `[2]`, see `seed_key`)."""
+    batch = ops.shape(images)[0]
+    u = hashed_uniforms(key, batch, view * _COLS_PER_VIEW, _COLS_PER_VIEW)
+    top, left, height, width = _crop_boxes_from_uniforms(
+        u, images.shape[1], images.shape[2], 1.0)
+    out = resized_crops(images, top, left, height, width, u[:, _COL_FLIP] < 0.5, image_size)
+    out = _color_distortion(out, u, float(color_jitter_strength))
+    return _random_blur(out, u, image_size) if blur else out
+
+
+def device_views(images, seed, *, image_size: int, color_jitter_strength: float = 1.0,
+                 blur: bool = True, num_views: int = 2):
+    """SimCLR training views of a batch, concatenated on the channel axis.
+
+    The device counterpart of `augment.pretrain_views` mapped over a batch
+    (simclrv2 brightness, square outputs).
+
+    Args:
+        images: uint8 `[B, H, W, C]`, C in {1, 3} (float input is taken as [0, 1]).
+        seed: `keras.random.SeedGenerator` (advanced once per call), an int, or
+            an integer `[2]` tensor; the same seed gives the same views on
+            either backend.
+        image_size: Output side S.
+        color_jitter_strength: s of the jitter ranges (0.8s, 0.8s, 0.8s, 0.2s).
+        blur: Random Gaussian blur (p=0.5) on each view; a no-op below 20 px.
+        num_views: Views per image, drawn independently.
+
+    Returns:
+        float32 `[B, S, S, 3 * num_views]` in [0, 1].
+    """
+    images = ops.convert_to_tensor(images)
+    _check_args(images, image_size, color_jitter_strength, num_views)
+    key = seed_key(seed)
+    views = [device_view(images, key, i, image_size=image_size,
+                         color_jitter_strength=color_jitter_strength, blur=blur)
+             for i in range(num_views)]
+    return ops.concatenate(views, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class DeviceAugment(keras.layers.Layer):
+    """`device_views` as a layer whose SeedGenerator Keras threads through compiled steps.
+
+    Call it on the uint8 batch inside the train step: under JAX the trainer's
+    stateless step carries the generator's state, under TF it is a variable.
+    """
+
+    def __init__(self, image_size: int, color_jitter_strength: float = 1.0, blur: bool = True,
+                 num_views: int = 2, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.color_jitter_strength = color_jitter_strength
+        self.blur = blur
+        self.num_views = num_views
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images):
+        return device_views(images, self.seed_generator, image_size=self.image_size,
+                            color_jitter_strength=self.color_jitter_strength, blur=self.blur,
+                            num_views=self.num_views)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.image_size, self.image_size, 3 * self.num_views)
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size,
+                "color_jitter_strength": self.color_jitter_strength, "blur": self.blur,
+                "num_views": self.num_views, "seed": self.seed}

@@ -40,7 +40,6 @@ gives the key), which is what Keras's stateless JAX train step threads.
 
 from __future__ import annotations
 
-import math
 
 import keras
 import numpy as np

@@ -245,7 +245,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     log.info(
         "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g%s",
         t.train_mode, source.name, config.data.train_split, plan.num_train_examples, plan.total_steps,
-        plan.epoch_steps, t.train_batch_size, strategy.num_replicas_in_sync, plan.peak_learning_rate,
+        plan.epoch_steps, t.train_batch_size,
+        jax_support.num_devices() if jax_support.is_jax() else strategy.num_replicas_in_sync, plan.peak_learning_rate,
         f", precision {t.precision}" + (", XLA" if t.jit_compile else "") + (", deterministic" if t.deterministic else ""),
     )
 

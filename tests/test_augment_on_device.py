@@ -65,5 +65,5 @@ def test_replicas_draw_different_views_of_the_same_image(two_cpu_strategy):
     images = np.random.default_rng(2).integers(0, 256, (2, 19, 19, 3), dtype=np.uint8)
     views = two_cpu_strategy.run(tf.function(lambda: model.augment_on_device(tf.constant(images))))
     first, second = (v.numpy() for v in two_cpu_strategy.experimental_local_results(views))
-    assert first.shape == (2, 16, 16, 6)
+    assert first.shape == (4, 16, 16, 3)  # Both views of both images, stacked on the batch axis.
     assert not np.allclose(first, second)

@@ -21,7 +21,6 @@ Run a whole configured job with `tf_simclr.train.train(config)` (what run.py doe
 """
 
 from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
-from tf_simclr.data import build_dataset, load_source
 from tf_simclr.heads import ProjectionHead, SupervisedHead
 from tf_simclr.lars import LARS
 from tf_simclr.model import SimCLRModel, build_model
@@ -30,6 +29,19 @@ from tf_simclr.optimizers import build_optimizer
 from tf_simclr.schedule import WarmUpAndCosineDecay, scale_learning_rate
 
 __version__ = "0.1.0"
+
+# The model, loss and optimizer above import with Keras alone (any backend, no
+# TensorFlow: e.g. a JAX-only GPU machine); the input pipeline needs TensorFlow
+# and is imported on first use.
+_NEEDS_TENSORFLOW = {"build_dataset": "tf_simclr.data", "load_source": "tf_simclr.data"}
+
+
+def __getattr__(name):
+    if name in _NEEDS_TENSORFLOW:
+        import importlib
+
+        return getattr(importlib.import_module(_NEEDS_TENSORFLOW[name]), name)
+    raise AttributeError(f"module 'tf_simclr' has no attribute {name!r}")
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_dataset", "load_source", "ProjectionHead",

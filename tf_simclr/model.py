@@ -119,10 +119,12 @@ class SimCLRModel(keras.Model):
         return parts
 
     def augment_on_device(self, images):
-        """Two views of each uint8 image, drawn inside the compiled step (`--augment_on=device`).
+        """Two views of each uint8 image `[B, H, W, 3]`, drawn inside the compiled step (`--augment_on=device`).
 
-        Every replica advances the same seed state, so the replica id is folded into
-        the key: replicas must not draw the same crops for their different images.
+        Returns `[2B, S, S, 3]`: every image's first view, then every second view
+        (the encoder's batch as the contrastive loss pairs it). Every replica
+        advances the same seed state, so the replica id is folded into the key:
+        replicas must not draw the same crops for their different images.
         """
         from tf_simclr import device_augment as device_augment_lib
 
@@ -130,7 +132,7 @@ class SimCLRModel(keras.Model):
         seed = ops.cast(layer.seed_generator.next(), "int32")
         replica_id = ops.cast(replica.current().replica_id, "int32")
         seed = seed + ops.stack([ops.zeros_like(replica_id), replica_id * 65599])
-        return device_augment_lib.device_views(
+        return device_augment_lib.stacked_views(
             images, seed, image_size=layer.image_size, color_jitter_strength=layer.color_jitter_strength,
             blur=layer.blur, num_views=2,
         )
@@ -203,14 +205,15 @@ class SimCLRModel(keras.Model):
         logs = {}
         if self.train_mode == "pretrain":
             if self.device_augment is not None and images.shape[-1] == 3:
-                images = self.augment_on_device(images)
-            if images.shape[-1] != 6:
-                raise ValueError(
-                    "Pretraining expects two views stacked on the channel axis, images of shape "
-                    f"[B, H, W, 6]. Received shape {tuple(images.shape)}: build the dataset with mode='pretrain'."
-                )
-            view1, view2 = ops.split(images, 2, axis=-1)
-            images = ops.concatenate([view1, view2], axis=0)
+                images = self.augment_on_device(images)  # Already [2B, S, S, 3].
+            else:
+                if images.shape[-1] != 6:
+                    raise ValueError(
+                        "Pretraining expects two views stacked on the channel axis, images of shape "
+                        f"[B, H, W, 6]. Received shape {tuple(images.shape)}: build the dataset with mode='pretrain'."
+                    )
+                view1, view2 = ops.split(images, 2, axis=-1)
+                images = ops.concatenate([view1, view2], axis=0)
             labels = ops.concatenate([labels, labels], axis=0)
         outputs = self(images, training=training)
         total = ops.convert_to_tensor(0.0)

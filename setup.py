@@ -23,7 +23,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest", "scikit-learn", "tf_keras>=2.21,<2.22", "jax[cpu]"],
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "tf_keras>=2.21,<2.22", "jax[cpu]"],
         "jax": ["jax"],
     },
     entry_points={"console_scripts": ["tf_simclr=tf_simclr.cli:main"]},

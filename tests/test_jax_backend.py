@@ -186,3 +186,36 @@ def test_run_py_trains_checkpoints_and_exports_under_jax(tmp_path):
     # The export is of the run's last checkpoint (its features were checked against JAX's above).
     with open(export_dir / "4" / export_lib.EXPORT_META_FILE) as f:
         assert json.load(f)["checkpoint"] == os.path.abspath(model_dir / "ckpt-4")
+
+
+_NO_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = None  # A GPU machine with JAX only: any TensorFlow import fails.
+import jax
+import keras
+import numpy as np
+import tf_simclr
+from tf_simclr import device_augment, model, objective
+views = jax.jit(lambda x: device_augment.stacked_views(x, [1, 2], image_size=16))(np.zeros((2, 20, 20, 3), np.uint8))
+loss, _, _ = objective.contrastive_loss(keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(4, 8))))
+weight = keras.Variable(np.ones((3, 3), "float32"))
+optimizer = tf_simclr.build_optimizer("lars", 0.1, weight_decay=1e-4)
+optimizer.apply([keras.ops.ones((3, 3))], [weight])
+assert "tensorflow" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+assert tuple(views.shape) == (4, 16, 16, 3) and float(np.asarray(weight).max()) < 1.0
+try:
+    tf_simclr.build_dataset
+except ImportError as e:
+    print("dataset needs tensorflow:", e)
+print("loss", float(loss))
+"""
+
+
+def test_model_loss_and_device_augmentation_import_without_tensorflow():
+    """The model, loss, LARS and device augmentation import and run on Keras/JAX alone (gpu_benchmark.py relies on it)."""
+    done = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW], env=_jax_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dataset needs tensorflow" in done.stdout
+    loss = float(done.stdout.strip().splitlines()[-1].split()[-1])
+    assert np.isfinite(loss) and loss > 0

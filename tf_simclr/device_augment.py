@@ -289,17 +289,7 @@ def adjust_saturation(images, factors):
 
 def adjust_hue(images, deltas):
     """As tf.image.adjust_hue: rotate the HSV hue by `deltas` (fractions of a turn)."""
-    value, chroma = _value_and_chroma(images)
-    safe = ops.where(chroma > 0, chroma, 1.0)
-    hue = _hue_sixths(images, safe) * ops.where(chroma > 0, 1.0 / 6.0, 0.0) + _per_image(deltas)
-    hue = hue - ops.floor(hue)  # In [0, 1).
-    # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is value - chroma * clip(min(k, 4 - k)).
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = n + 6.0 * hue
-        k = k - 6.0 * ops.floor(k / 6.0)
-        channels.append(value - chroma * ops.clip(ops.minimum(k, 4.0 - k), 0.0, 1.0))
-    return ops.concatenate(channels, axis=-1)
+    return _saturate_and_rotate_hue(images, ops.ones_like(deltas), deltas)
 
 
 def to_grayscale(images):
@@ -327,9 +317,10 @@ def _saturate_and_rotate_hue(images, saturation_factors, hue_deltas):
     value, chroma = _value_and_chroma(images)
     safe = ops.where(chroma > 0, chroma, 1.0)
     hue = _hue_sixths(images, safe) * ops.where(chroma > 0, 1.0 / 6.0, 0.0) + _per_image(hue_deltas)
-    hue = hue - ops.floor(hue)
+    hue = hue - ops.floor(hue)  # In [0, 1).
     ratio = ops.minimum(_per_image(saturation_factors), value / safe)  # New / old saturation.
     chroma = chroma * ops.where(chroma > 0, ratio, 0.0)
+    # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is value - chroma * clip(min(k, 4 - k)).
     channels = []
     for n in (5.0, 3.0, 1.0):
         k = n + 6.0 * hue

@@ -61,6 +61,17 @@ def _windows(step, sync, images_per_step: int, steps: int, windows: int) -> dict
     return {"images_per_s": statistics.median(rates), "windows": [round(r, 1) for r in rates]}
 
 
+def _first_step_then_windows(step, sync, args) -> tuple[float, dict]:
+    """Seconds of the first step (compilation included), then `_windows` after `args.warmup` more steps."""
+    start = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - start
+    for _ in range(args.warmup):
+        step()
+    return first, _windows(step, sync, args.batch, args.steps, args.windows)
+
+
 def _emit(path: str, result: dict) -> None:
     with open(path, "w") as f:
         json.dump(result, f)
@@ -147,13 +158,7 @@ def part_jax_synthetic(args) -> dict:
     def sync():
         jax.block_until_ready((holder["logs"], holder["state"]))
 
-    start = time.perf_counter()
-    step()
-    sync()
-    compile_s = time.perf_counter() - start
-    for _ in range(args.warmup):
-        step()
-    direct = _windows(step, sync, args.batch, args.steps, args.windows)
+    compile_s, direct = _first_step_then_windows(step, sync, args)
     loss = float(holder["logs"]["contrast_loss"])
     # The variables' buffers were donated to the first step: give them the newest state.
     groups = (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
@@ -258,13 +263,7 @@ def part_torch(args, compiled: bool) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    start = time.perf_counter()
-    step()
-    sync()
-    compile_s = time.perf_counter() - start
-    for _ in range(args.warmup):
-        step()
-    result = _windows(step, sync, args.batch, args.steps, args.windows)
+    compile_s, result = _first_step_then_windows(step, sync, args)
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     return {"device": f"{name} (torch {torch.__version__})", "direct": result, "first_step_s": round(compile_s, 1),
             "contrast_loss": float(holder["loss"].detach())}

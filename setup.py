@@ -1,12 +1,17 @@
-"""Install tf_simclr: `pip install -e .` (library + run.py), `pip install -e .[test]` for tests."""
+"""Install tf_simclr: `pip install .` (library + the `tf_simclr` command), `pip install -e ".[test]"` for tests."""
+
+import os
 
 from setuptools import find_packages, setup
 
+here = os.path.dirname(os.path.abspath(__file__))
+readme = os.path.join(here, "README.md")
+
 setup(
     name="tf_simclr",
-    version="0.1.0",
+    version="0.2.0",
     description="SimCLR v1/v2 self-supervised pretraining and transfer learning for TensorFlow / Keras 3.",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=open(readme).read() if os.path.exists(readme) else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_simclr", "tf_simclr.*"]),
     python_requires=">=3.10",
@@ -21,9 +26,11 @@ setup(
         "absl-py",
         "numpy",
         "pillow",
+        "matplotlib",  # Learning curves and embeddings (every run draws model_dir/learning_curve.png).
+        "scikit-learn",  # t-SNE embeddings and the digits transfer dataset.
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-learn", "tf_keras>=2.21,<2.22", "jax[cpu]"],
+        "test": ["pytest", "pytest-xdist", "tf_keras>=2.21,<2.22", "jax[cpu]"],
         "jax": ["jax"],
     },
     entry_points={"console_scripts": ["tf_simclr=tf_simclr.cli:main"]},

@@ -1,60 +1,125 @@
-"""Train-step throughput of SimCLR pretraining on this machine (synthetic data, no input pipeline).
+"""Train-step throughput of SimCLR pretraining: tf_simclr's `fit` path beside a plain-step baseline, one run.
 
-    python benchmarks/train_step_benchmark.py [--sizes 32 224] [--depth 18] [--width 1.0] [--batch 32] [--steps 5]
+    python benchmarks/train_step_benchmark.py [--size 32] [--depth 18] [--width 1.0] [--batch 64] [--steps 20]
 
-Prints images/s (two views per image) of `SimCLRModel.train_step` under `fit`
-with LARS for each image size, and the ratio between sizes, measured in one run.
-The input pipeline is benchmarked separately in augment_benchmark.py.
+Same model, same synthetic batch (two views of `--batch` images), same LARS, three ways:
+
+* `plain`: the reference's shape of step, a `tf.function` over a `GradientTape`
+  computing NT-Xent on the projections and applying LARS, nothing else;
+* `our_step`: tf_simclr's own `train_step` (metrics, linear head, weight-decay
+  plan) called from the same kind of `tf.function` loop, without Keras's `fit`;
+* `fit`: `model.fit`, as `run.py` trains (callbacks off), optionally with
+  `--steps_per_execution`.
+
+The variants run interleaved (`--rounds` times each, median reported) so load
+changes on a shared machine hit them alike; ratios to `plain` are printed.
 """
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tf_simclr  # noqa: E402
+from tf_simclr import losses  # noqa: E402
+from tf_simclr.config import ModelConfig  # noqa: E402
+from tf_simclr.models import factory  # noqa: E402
+from tf_simclr.optim import optimizers  # noqa: E402
+from tf_simclr.optim.weight_decay import plan_weight_decay  # noqa: E402
 
 
-def measure(image_size: int, depth: int, width: float, batch: int, steps: int, steps_per_execution: int) -> float:
-    config = tf_simclr.ModelConfig(resnet_depth=depth, width_multiplier=width, image_size=image_size, global_bn=False)
-    model = tf_simclr.build_model(config, num_classes=10)
-    excluded = model.configure_weight_decay(1e-6, optimizer_applies_decay=True)
-    model.compile(
-        optimizer=tf_simclr.build_optimizer("lars", 0.1, weight_decay=1e-6, excluded_variables=excluded),
-        steps_per_execution=steps_per_execution,
-    )
-    rng = np.random.default_rng(0)
-    images = rng.random((batch, image_size, image_size, 6), dtype=np.float32)
-    labels = rng.integers(0, 10, batch).astype("int32")
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    model.fit(dataset, steps_per_epoch=steps_per_execution, epochs=1, verbose=0, shuffle=False)  # Trace, warm up.
-    start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return batch * steps / (time.perf_counter() - start)
+def build(args, num_classes):
+    config = ModelConfig(resnet_depth=args.depth, width_multiplier=args.width, image_size=args.size, global_bn=False,
+                         proj_out_dim=args.proj_dim, num_proj_layers=args.proj_layers)
+    keras.utils.set_random_seed(0)
+    model = factory.build_model(config, num_classes=num_classes, objective=losses.NTXent(0.2))
+    plan = plan_weight_decay(model, 1e-4, optimizer_applies_decay=True)
+    model.set_weight_decay(plan)
+    optimizer = optimizers.build_optimizer("lars", 0.1, weight_decay=1e-4, excluded_variables=plan.optimizer_excluded)
+    return model, optimizer
+
+
+def plain_runner(args, data):
+    """The reference's step: loss on the projections, tape, LARS (no metrics, no head, no Keras loop)."""
+    model, optimizer = build(args, None)
+    optimizer.build(model.trainable_variables)
+    images, _ = data
+    views = tf.concat(tf.split(images, 2, axis=-1), axis=0)
+
+    @tf.function(jit_compile=args.jit)
+    def step(views):
+        with tf.GradientTape() as tape:
+            outputs = model(views, training=True)
+            loss, _, _ = losses.contrastive_loss(outputs["proj_head_output"], temperature=0.2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return lambda steps: [step(views) for _ in range(steps)][-1].numpy()
+
+
+def our_step_runner(args, data):
+    """tf_simclr's train_step (what fit runs), from a plain tf.function loop."""
+    model, optimizer = build(args, 10)
+    model.compile(optimizer=optimizer, jit_compile=args.jit)
+    optimizer.build(model.trainable_variables)
+    step = tf.function(model.train_step, jit_compile=args.jit)
+    return lambda steps: [step(data) for _ in range(steps)][-1]["total_loss"].numpy()
+
+
+def fit_runner(args, data):
+    model, optimizer = build(args, 10)
+    model.compile(optimizer=optimizer, jit_compile=args.jit, steps_per_execution=args.steps_per_execution)
+    dataset = tf.data.Dataset.from_tensors(data).repeat()
+
+    def run(steps):
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        return float(np.asarray(model.optimizer.iterations))
+
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
+    parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--depth", type=int, default=18)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--proj_dim", type=int, default=128)
+    parser.add_argument("--proj_layers", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="Steps per timed window.")
+    parser.add_argument("--rounds", type=int, default=3, help="Timed windows per variant (interleaved).")
     parser.add_argument("--steps_per_execution", type=int, default=1)
+    parser.add_argument("--jit", action="store_true", help="XLA for every variant.")
     args = parser.parse_args()
-    print(f"SimCLR train step, ResNet-{args.depth} x{args.width}, batch {args.batch} images (2 views each), "
-          f"{os.cpu_count()} CPU cores, TF {tf.__version__}")
-    rates = {}
-    for size in args.sizes:
-        rates[size] = measure(size, args.depth, args.width, args.batch, args.steps, args.steps_per_execution)
-        print(f"  {size:4d} px: {rates[size]:8.1f} images/s")
-    if len(rates) > 1:
-        small, large = min(rates), max(rates)
-        print(f"  ratio {small} px / {large} px: {rates[small] / rates[large]:.1f}x")
+    if args.steps % args.steps_per_execution:
+        parser.error("--steps must be a multiple of --steps_per_execution")
+    rng = np.random.default_rng(0)
+    data = (tf.constant(rng.random((args.batch, args.size, args.size, 6), dtype=np.float32)),
+            tf.constant(rng.integers(0, 10, args.batch).astype("int32")))
+    runners = {"plain": plain_runner(args, data), "our_step": our_step_runner(args, data),
+               "fit": fit_runner(args, data)}
+    for run in runners.values():  # Trace and warm up.
+        run(max(2, args.steps_per_execution))
+    rates = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(args.steps)
+            rates[name].append(args.batch * args.steps / (time.perf_counter() - start))
+    print(f"SimCLR train step, ResNet-{args.depth} x{args.width}, {args.size} px, batch {args.batch} images "
+          f"(2 views each), LARS, {os.cpu_count()} CPU cores, TF {tf.__version__}, Keras {keras.__version__}"
+          f"{', XLA' if args.jit else ''}, steps_per_execution {args.steps_per_execution}")
+    base = statistics.median(rates["plain"])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"  {name:<9} {median:8.1f} images/s  (min {min(values):.1f}, max {max(values):.1f})  "
+              f"{median / base:5.2f}x plain")
 
 
 if __name__ == "__main__":

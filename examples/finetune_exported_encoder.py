@@ -47,7 +47,7 @@ def digits_as_images(image_size: int, seed: int = 0):
 def export_random_tiny_model(folder: str) -> str:
     """Exports an untrained ResNet-18 at width 1/8 so the example runs without a training run."""
     from tf_simclr.config import Config, ModelConfig
-    from tf_simclr.model import build_model
+    from tf_simclr.models import build_model
 
     config = Config(model=ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=32, proj_out_dim=16, global_bn=False))
     model = build_model(config.model)

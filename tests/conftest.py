@@ -1,19 +1,26 @@
-"""Shared test setup: quiet TensorFlow, two logical CPU devices for cross-replica tests."""
+"""Shared test setup: quiet TensorFlow, two logical CPU devices, and the fixtures every area uses.
+
+Fixtures here (not copied into test files): `fashion_mnist_dir`, `two_cpu_strategy`,
+`image_folder` (two class folders of random PNGs), and the helpers in `helpers.py`
+(`tiny_model_config`, `tiny_config`, `StepLogs`).
+"""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any test folder.
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 # Two logical CPUs let MirroredStrategy tests run without GPUs. This must happen
 # before TensorFlow initializes its devices, so it lives here and nowhere else.
 _cpus = tf.config.list_physical_devices("CPU")
 try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+    tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # Devices already initialized by an earlier import.
     pass
 
@@ -22,13 +29,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes)")
 
 
-import pytest  # noqa: E402
-
-
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
-    """A TFDS data_dir with the genuine fashion_mnist prepared offline (once per session)."""
-    from tf_simclr import fashion_mnist
+    """A TFDS data_dir with the genuine fashion_mnist prepared offline (once per session and worker)."""
+    from tf_simclr.data import fashion_mnist
 
     if not fashion_mnist.has_source_files():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
@@ -48,6 +52,24 @@ def two_cpu_strategy():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
+def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) -> str:
+    """Random RGB PNGs in one sub-folder per class; returns `root`."""
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            with open(os.path.join(root, label, f"{i:03d}.png"), "wb") as f:
+                f.write(tf.io.encode_png(pixels).numpy())
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """48 random 20x20 PNGs in two class folders (the folder source derives train/validation 90/10)."""
+    return write_image_folder(str(tmp_path_factory.mktemp("images")), per_class=24)
+
+
 @pytest.fixture(autouse=True)
 def _no_op_determinism_leak():
     """`train(deterministic=True)` turns on process-wide op determinism; later tests must not inherit it."""
@@ -56,3 +78,30 @@ def _no_op_determinism_leak():
 
     if tf_config.is_op_determinism_enabled():
         tf_config.disable_op_determinism()
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """scikit-learn's digits written by `tf_simclr digits` as train/test class folders (once per session)."""
+    import helpers
+
+    root = str(tmp_path_factory.mktemp("digits") / "digits")
+    assert helpers.run_cli("digits", f"--out={root}") == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_after_in_process_cli():
+    """In-process command-line calls run `logs.configure()` (tf_simclr's logger stops propagating, libraries go
+    quiet); later tests' `caplog` must still see tf_simclr's records, so each test gets the logging it started with."""
+    import logging
+
+    names = ("tf_simclr", "tensorflow", "tensorflow_datasets", "absl", "jax", "h5py")
+    saved = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate,
+                    list(logging.getLogger(name).handlers)) for name in names}
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers

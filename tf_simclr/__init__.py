@@ -1,50 +1,66 @@
-"""tf_simclr: SimCLR v1/v2 self-supervised pretraining for TensorFlow / Keras 3.
+"""tf_simclr: SimCLR v1/v2 self-supervised pretraining and transfer learning for TensorFlow / Keras 3.
 
-The package, one concern per module:
+The package, one area per folder (docs/architecture.md draws it):
 
-    config      plain frozen dataclasses (what run.py parses flags into)
-    data        datasets (TFDS, image folders) and the tf.data input pipeline
-    augment     SimCLR augmentations, per image, in tf.data
-    resnet      ResNet v1 encoders (SK, SE, CIFAR stem, fractional widths)
-    heads       projection head and supervised (linear) head
-    objective   NT-Xent contrastive loss with cross-replica negatives
-    lars        the LARS optimizer;  optimizers: name -> optimizer
-    schedule    learning-rate scaling, warmup and cosine decay
-    model       SimCLRModel: encoder + heads + train_step
-    train       the training loop (fit), restore and evaluation
-    checkpoint  atomic, backend-neutral checkpoints
-    distribute  choosing a tf.distribute strategy;  replica: cross-replica context
-    evaluate    frozen-feature protocols (linear probe, kNN);  subsets: label fractions
-    export      SavedModel / TF-Hub modules and `load_encoder`
+    config      Config and its sections: every field is also a flag
+    jobs        run(config): a whole job, checked before any work
+    data        sources (TFDS, image folders, label subsets) and the tf.data pipeline
+    augment     one augmentation spec; host (tf.data) and device (keras.ops) implementations
+    models      backbones by name, heads, SimCLRModel, the one model factory
+    losses      NT-Xent and the supervised loss; losses by name
+    optim       LARS, optimizers by name, schedules, weight decay, precision
+    distribute  strategies, replica context, JAX data parallelism
+    training    the trainer, its TF and JAX steps, checkpoints, callbacks
+    evaluation  linear probe, kNN, frozen-feature report with baselines, eval loop
+    export      TF-Hub modules and loading them
+    visualize   learning curves and embeddings as pictures
+    storage     crash-safe files on any filesystem
+    cli         the command line (run.py, `tf_simclr`, `python -m tf_simclr`)
 
-Run a whole configured job with `tf_simclr.train.train(config)` (what run.py does).
+    import tf_simclr
+    config = tf_simclr.Config(model=tf_simclr.ModelConfig(resnet_depth=18), ...)
+    tf_simclr.run(config)
+
+The model, losses, optimizers and on-device augmentation import with Keras alone
+(any backend, no TensorFlow); names that need TensorFlow load on first use.
 """
 
-from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
-from tf_simclr.heads import ProjectionHead, SupervisedHead
-from tf_simclr.lars import LARS
-from tf_simclr.model import SimCLRModel, build_model
-from tf_simclr.objective import contrastive_loss, contrastive_metrics
-from tf_simclr.optimizers import build_optimizer
-from tf_simclr.schedule import WarmUpAndCosineDecay, scale_learning_rate
+import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# The model, loss and optimizer above import with Keras alone (any backend, no
-# TensorFlow: e.g. a JAX-only GPU machine); the input pipeline needs TensorFlow
-# and is imported on first use.
-_NEEDS_TENSORFLOW = {"build_dataset": "tf_simclr.data", "load_source": "tf_simclr.data"}
+# Every public name, and the module it lives in. Loaded on first use: `import tf_simclr`
+# stays light (the command line sets up logging before TensorFlow loads), and the
+# model, losses, optimizers and on-device augmentation work with Keras alone.
+_PUBLIC = {
+    "Config": "tf_simclr.config", "DataConfig": "tf_simclr.config", "ModelConfig": "tf_simclr.config",
+    "RunConfig": "tf_simclr.config", "TrainConfig": "tf_simclr.config",
+    "NTXent": "tf_simclr.losses", "contrastive_loss": "tf_simclr.losses", "contrastive_metrics": "tf_simclr.losses",
+    "register_loss": "tf_simclr.losses",
+    "ProjectionHead": "tf_simclr.models", "SimCLRModel": "tf_simclr.models", "SupervisedHead": "tf_simclr.models",
+    "build_model": "tf_simclr.models", "register_backbone": "tf_simclr.models",
+    "LARS": "tf_simclr.optim", "WarmUpAndCosineDecay": "tf_simclr.optim", "build_optimizer": "tf_simclr.optim",
+    "register_optimizer": "tf_simclr.optim", "scale_learning_rate": "tf_simclr.optim",
+    # These need TensorFlow.
+    "run": "tf_simclr.jobs",
+    "train": "tf_simclr.training.trainer",
+    "load_source": "tf_simclr.data.sources",
+    "build_dataset": "tf_simclr.data.pipeline",
+    "Views": "tf_simclr.data.pipeline",
+    "load_encoder": "tf_simclr.export.load",
+    "export_saved_model": "tf_simclr.export.hub_module",
+    "frozen_feature_report": "tf_simclr.evaluation.report",
+}
 
 
 def __getattr__(name):
-    if name in _NEEDS_TENSORFLOW:
-        import importlib
-
-        return getattr(importlib.import_module(_NEEDS_TENSORFLOW[name]), name)
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'tf_simclr' has no attribute {name!r}")
 
-__all__ = [
-    "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_dataset", "load_source", "ProjectionHead",
-    "SupervisedHead", "LARS", "SimCLRModel", "build_model", "contrastive_loss", "contrastive_metrics",
-    "build_optimizer", "WarmUpAndCosineDecay", "scale_learning_rate",
-]
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+__all__ = sorted(_PUBLIC)

@@ -1,0 +1,171 @@
+"""Helpers shared by the tests: tiny configs and a per-step log recorder (imported as `helpers`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from tf_simclr.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(REPO, "run.py")
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """ResNet-18 at width 1/8, 16 px (CIFAR stem), a 2-layer head of 16: a model that builds in a second."""
+    values = dict(resnet_depth=18, width_multiplier=0.125, image_size=16, proj_out_dim=16, num_proj_layers=2,
+                  global_bn=False)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_config(dataset: str, model_dir: str, *, model=None, data=None, run=None, **train) -> Config:
+    """A Config for short training runs on `dataset` (e.g. `folder:<image_folder>`) into `model_dir`."""
+    train_values = dict(model_dir=model_dir, train_batch_size=8, train_steps=4, checkpoint_steps=2,
+                        learning_rate=0.1, warmup_epochs=0, export_at_end=False, verbose=0)
+    train_values.update(train)
+    data_values = dict(dataset=dataset, train_split="train", eval_split="validation", use_blur=False)
+    data_values.update(data or {})
+    return Config(model=tiny_model_config(**(model or {})), data=DataConfig(**data_values),
+                  train=TrainConfig(**train_values), run=RunConfig(use_tpu=False, **(run or {})))
+
+
+def replace(config: Config, **sections) -> Config:
+    """`config` with fields of sections changed: `replace(c, train={"train_steps": 8})`."""
+    return config.replace(**sections)
+
+
+class StepLogs(keras.callbacks.Callback):
+    """Records `(global step, {name: float})` after every step: what tests compare between runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: list[tuple[int, dict]] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(np.asarray(self.model.optimizer.iterations))
+        self.steps.append((step, {k: float(np.asarray(v).reshape(-1)[0]) for k, v in (logs or {}).items()}))
+
+    def series(self, name: str) -> list[float]:
+        return [logs[name] for _, logs in self.steps if name in logs]
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [np.array(v.numpy()) for v in model.weights]
+
+
+__all__ = ["REPO", "RUN_PY", "tiny_model_config", "tiny_config", "replace", "StepLogs", "weights_of", "dataclasses"]
+
+
+from tf_simclr.data.sources import BaseSource, shard  # noqa: E402  (appended helpers below)
+
+
+class ArraySource(BaseSource):
+    """A minimal in-memory `ImageSource`: a `BaseSource` with only `num_examples` and `as_dataset`.
+
+    Example i is a `size` x `size` x 3 image filled with `i % 256`, label `i % num_classes`
+    (-1 everywhere when `num_classes` is 0); examples are addressable by position only.
+    """
+
+    def __init__(self, n=12, num_classes=2, size=2, split="train", name="arrays"):
+        self.name, self.num_classes, self.image_shape, self.splits = name, num_classes, (size, size, 3), (split,)
+        values = (np.arange(n) % 256).astype(np.uint8)
+        self.images = values[:, None, None, None] * np.ones((1, size, size, 3), np.uint8)
+        self.labels = (np.arange(n) % num_classes if num_classes else np.full(n, -1)).astype(np.int64)
+
+    def num_examples(self, split):
+        self.check_split(split)
+        return len(self.labels)
+
+    def as_dataset(self, split, *, shuffle_files, input_context=None, seed=None):
+        import tensorflow as tf
+
+        self.check_split(split)
+        return shard(tf.data.Dataset.from_tensor_slices((self.images, self.labels)), input_context)
+
+
+__all__ += ["ArraySource"]
+
+
+def run_cli(*args: str) -> int:
+    """`tf_simclr <args>` in this process; returns its exit code.
+
+    The CLI configures logging (`logs.configure`: the 'tf_simclr' logger stops
+    propagating), which would hide later tests' records from caplog, so the
+    logger's level, handlers and propagation are restored afterwards.
+    """
+    import logging
+
+    from tf_simclr.cli import main
+
+    ours = logging.getLogger("tf_simclr")
+    saved = (ours.level, list(ours.handlers), ours.propagate)
+    try:
+        return main(["tf_simclr", *args])
+    finally:
+        ours.setLevel(saved[0])
+        ours.handlers[:] = saved[1]
+        ours.propagate = saved[2]
+
+
+__all__ += ["run_cli"]
+
+
+def compile_simclr(model, optimizer: str = "lars", learning_rate=0.1, weight_decay: float = 1e-4, *,
+                   momentum: float = 0.9, precision: str = "float32", jit_compile: bool = False):
+    """Compiles a `SimCLRModel` as the trainer does (weight-decay plan, optimizer, precision); returns the optimizer."""
+    from tf_simclr.optim import optimizers
+    from tf_simclr.optim import precision as precision_lib
+    from tf_simclr.optim.weight_decay import plan_weight_decay
+
+    plan = plan_weight_decay(model, weight_decay, optimizers.uses_optimizer_weight_decay(optimizer))
+    model.set_weight_decay(plan)
+    opt = optimizers.build_optimizer(optimizer, learning_rate, momentum=momentum, weight_decay=weight_decay,
+                                     excluded_variables=plan.optimizer_excluded)
+    opt = precision_lib.wrap_optimizer(opt, precision)
+    model.compile(optimizer=opt, jit_compile=jit_compile)
+    opt.build(model.trainable_variables)
+    return opt
+
+
+__all__ += ["compile_simclr"]
+
+
+def numpy_nt_xent(hidden, temperature, hidden_norm=True):
+    """NT-Xent in float64 NumPy, the paper's per-anchor form (eq. 1), independent of the library's layout.
+
+    `hidden` is `[2N, D]`: N first views, then the N second views. Anchor i has positive
+    (i + N) mod 2N; every other vector is a negative. The reference reports the sum of both
+    views' means, i.e. twice the 2N-anchor mean.
+    """
+    z = np.asarray(hidden, np.float64)
+    if hidden_norm:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n2 = z.shape[0]
+    n = n2 // 2
+    sim = z @ z.T / temperature
+    losses = []
+    for i in range(n2):
+        pos = (i + n) % n2
+        others = [k for k in range(n2) if k != i]
+        log_denominator = np.log(np.sum(np.exp(sim[i, others])))
+        losses.append(log_denominator - sim[i, pos])
+    return 2.0 * np.mean(losses)
+
+
+def numpy_softmax_cross_entropy(labels, logits):
+    """Mean softmax cross-entropy and accuracy over examples with a label >= 0, in float64 NumPy."""
+    labels = np.asarray(labels)
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    valid = labels >= 0
+    ce = -log_p[valid, labels[valid]]
+    correct = np.argmax(logits[valid], axis=1) == labels[valid]
+    return float(ce.mean()), float(correct.mean())
+
+
+__all__ += ["numpy_nt_xent", "numpy_softmax_cross_entropy"]

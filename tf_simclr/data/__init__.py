@@ -1,0 +1,31 @@
+"""Datasets and the input pipeline.
+
+    sources       the ImageSource protocol, BaseSource, load_source (by name)
+    tfds_source   TFDS datasets (offline preparation where possible)
+    image_folder  the user's own images: folder:/path
+    subsets       class-balanced label fractions and id files
+    pipeline      Views and build_dataset: tf.data batches of augmented views
+    fashion_mnist Debian's Fashion-MNIST files -> the genuine TFDS dataset
+    digits        scikit-learn's digits as an image folder (a transfer target)
+
+Names load on first use, so `tf_simclr.data.sources` imports without TensorFlow.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "ImageSource": "sources", "BaseSource": "sources", "load_source": "sources", "prepared": "sources",
+    "FOLDER_PREFIX": "sources",
+    "TFDSSource": "tfds_source", "ImageFolderSource": "image_folder",
+    "SubsetSource": "subsets", "subset_source": "subsets", "record_subset": "subsets",
+    "Views": "pipeline", "build_dataset": "pipeline", "eval_dataset": "pipeline", "distribute_dataset": "pipeline",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"tf_simclr.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'tf_simclr.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

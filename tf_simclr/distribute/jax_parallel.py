@@ -1,0 +1,99 @@
+"""Data parallelism under `KERAS_BACKEND=jax`: devices, global batches.
+
+TensorFlow stays installed and still feeds the data (tf.data) and writes
+summaries; JAX runs the model. Under `keras.distribution.DataParallel` the train
+step sees the *global* batch as one sharded array, so there is no per-replica
+code: `replica.current()` is one replica, batch norm statistics are global by
+construction, and the tf.data pipeline is batched to the global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import keras
+
+log = logging.getLogger("tf_simclr")
+
+
+def is_jax() -> bool:
+    """Whether Keras runs on JAX (decided once per process by KERAS_BACKEND)."""
+    return keras.backend.backend() == "jax"
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """Keeps TensorFlow (tf.data, summaries) on the CPU so JAX owns every GPU's memory."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow's devices were already initialized; harmless on CPU.
+        pass
+
+
+def setup_data_parallel(devices: Optional[list] = None):
+    """Shards batches over the local JAX devices (`keras.distribution.DataParallel`) when there are several.
+
+    Must run before the model is built, so that variables are created replicated
+    on the device mesh. With one device it sets nothing and returns None.
+
+    Returns:
+        The `DataParallel` distribution set, or None.
+    """
+    import jax
+
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if len(devices) <= 1:
+        return None
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    log.info("JAX data parallelism over %d devices (%s)", len(devices), devices[0].platform)
+    return distribution
+
+
+def prepare_jax_training(strategy=None):
+    """Readies a JAX run; returns the (one-replica, default) `tf.distribute` strategy the rest of `train` uses.
+
+    JAX replaces `tf.distribute`: a multi-replica TensorFlow strategy passed in is
+    ignored (with a warning) and JAX's local devices are used instead.
+    """
+    import tensorflow as tf
+
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        log.warning(
+            "KERAS_BACKEND=jax: ignoring the %d-replica %s; JAX shards each batch over its local devices instead.",
+            strategy.num_replicas_in_sync, type(strategy).__name__,
+        )
+    hide_accelerators_from_tensorflow()
+    setup_data_parallel()
+    return tf.distribute.get_strategy()
+
+
+def num_devices() -> int:
+    """Devices one global batch is split over (1 without a distribution)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    return int(distribution.device_mesh.devices.size)
+
+
+def check_global_batch(global_batch: int, flag: str = "--train_batch_size") -> None:
+    """A global batch must split evenly over the devices, or JAX cannot shard it."""
+    from tf_simclr.data.pipeline import check_batch_divides
+
+    check_batch_divides(global_batch, num_devices(), flag)
+
+
+def global_batch_dataset(dataset_fn, global_batch: int, flag: str = "--train_batch_size"):
+    """The tf.data pipeline batched to the whole global batch (no `tf.distribute` input sharding).
+
+    Args:
+        dataset_fn: `input_context -> tf.data.Dataset`, batched with
+            `input_context.get_per_replica_batch_size(global_batch)`.
+        global_batch: The batch every step trains on.
+    """
+    import tensorflow as tf
+
+    check_global_batch(global_batch, flag)
+    return dataset_fn(tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1))

@@ -1,0 +1,145 @@
+"""The linear probe: multinomial logistic regression on frozen, standardized features.
+
+The SimCLR paper's linear evaluation protocol, on extracted features so that it
+runs in seconds instead of a full training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+
+from tf_simclr.evaluation.checks import check_features, check_labels, to_numpy
+
+log = logging.getLogger("tf_simclr")
+
+
+def standardize_features(train_features: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Zero-mean, unit-variance features using the training set's statistics.
+
+    Constant features (std 0) are only centred, so they cannot blow up to inf.
+    """
+    mean = train_features.mean(axis=0, dtype=np.float64)
+    std = train_features.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-12, std, 1.0)
+    return tuple(((x - mean) / std).astype(np.float32) for x in (train_features,) + others)
+
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose label is among the k largest logits (k must be below the class count)."""
+    if k >= logits.shape[1]:
+        raise ValueError(f"Top-{k} accuracy of {logits.shape[1]} classes is 1 by construction; report it only for k < classes.")
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def linear_eval(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int = 30,
+    l2: float = 1e-5,
+    learning_rate: float = 0.05,
+    batch_size: Optional[int] = None,
+    standardize: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Multinomial logistic regression on frozen features (the linear probe).
+
+    A single zero-initialized Keras `Dense` layer is trained with Adam on
+    mini-batches (a cosine-decayed learning rate, reshuffled each epoch with a
+    numpy generator seeded by `seed`), minimizing
+
+        mean softmax cross-entropy + l2 * ||W||^2        (bias not penalized).
+
+    This is scikit-learn's `LogisticRegression(C=1 / (2 * l2 * N_train))`
+    objective. Zero initialization makes the seed's only role the batch order,
+    so the same seed gives the same result. 60k x 64 features train in seconds
+    on two CPU cores.
+
+    Args:
+        train_features, test_features: `[N, D]` features (e.g. `extract_features`).
+        train_labels, test_labels: `[N]` ints in `[0, num_classes)`.
+        num_classes: Number of classes.
+        epochs: Passes over the training set. Defaults to 30.
+        l2: L2 penalty on the weights. Defaults to 1e-5.
+        learning_rate: Adam's initial learning rate. Defaults to 0.05.
+        batch_size: Examples per step (capped at N_train). Defaults to
+            N_train / 50 clipped to [32, 1024]: about 50 steps per epoch, so
+            small label fractions get as many updates as large sets.
+        standardize: Standardize with the training set's mean and std first
+            (logistic regression on raw ResNet features converges slowly).
+            Defaults to True.
+        seed: Seed of the batch order. Defaults to 0.
+
+    Returns:
+        dict with `top_1_accuracy`, `top_5_accuracy` (only with more than 5
+        classes) on the test set, and `train_accuracy`.
+    """
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int. Received: epochs={epochs!r}")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+    if num_classes < 2:
+        raise ValueError(f"A linear probe needs at least 2 classes. Received: num_classes={num_classes}")
+    x_train = check_features("train_features", train_features)
+    x_test = check_features("test_features", test_features)
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"Train and test features differ in width: {x_train.shape[1]} vs {x_test.shape[1]}.")
+    y_train = check_labels("train_labels", train_labels, x_train.shape[0], num_classes)
+    y_test = check_labels("test_labels", test_labels, x_test.shape[0], num_classes)
+    if standardize:
+        x_train, x_test = standardize_features(x_train, x_test)
+
+    n = x_train.shape[0]
+    if batch_size is None:
+        batch_size = int(np.clip(n // 50, 32, 1024))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None. Received: batch_size={batch_size}")
+    batch_size = int(min(batch_size, n))
+    steps_per_epoch = n // batch_size  # Full batches only: one compiled shape; the order changes each epoch.
+    total_steps = steps_per_epoch * epochs
+    dense = keras.layers.Dense(
+        num_classes,
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+        kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+        name="linear_probe",
+    )
+    inputs = keras.Input((x_train.shape[1],))
+    probe = keras.Model(inputs, dense(inputs), name="linear_probe")
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1))
+    probe.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(seed)
+    y_train32 = y_train.astype(np.int32)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            probe.train_on_batch(x_train[idx], y_train32[idx])
+    log.info("linear_eval: %d steps on %d x %d features in %.1f s", total_steps, n, x_train.shape[1], time.perf_counter() - start)
+
+    kernel, bias = (to_numpy(v) for v in (dense.kernel, dense.bias))
+    train_logits = x_train @ kernel + bias
+    test_logits = x_test @ kernel + bias
+    results = {
+        "top_1_accuracy": float(np.mean(np.argmax(test_logits, axis=1) == y_test)),
+        "train_accuracy": float(np.mean(np.argmax(train_logits, axis=1) == y_train)),
+    }
+    if num_classes > 5:
+        results["top_5_accuracy"] = top_k_accuracy(test_logits, y_test, 5)
+    return results
+
+

@@ -1,0 +1,108 @@
+"""The JAX train and test steps of `SimCLRModel`: the TensorFlow step's mathematics, stateless.
+
+Keras's JAX trainer jits a pure function of the variable values, so the step
+runs the model's `compute_losses` inside a `keras.StatelessScope` and returns
+the new values instead of assigning them. Under `keras.distribution.DataParallel`
+the batch is one global (sharded) array: no per-replica scaling, no gather; XLA
+inserts the all-reduces.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def train_step(model, state, data):
+    """`state` is `(trainable, non_trainable, optimizer, metrics)` variable values.
+
+    In the order of `model.trainable_variables`, `model.non_trainable_variables`,
+    `model.optimizer.variables` and `model.metrics_variables`.
+    """
+    import jax
+
+    trainable, non_trainable, optimizer_values, metric_values = state
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    optimizer = model.optimizer
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    optimizer_state = list(zip(optimizer.variables, optimizer_values))
+
+    def scaled_loss(trainable_values):
+        model_state = list(zip(model.trainable_variables, trainable_values)) + list(
+            zip(model.non_trainable_variables, non_trainable)
+        )
+        (total, logs), updated = stateless(
+            lambda: model.compute_losses(images, labels, training=True), model_state, model.non_trainable_variables
+        )
+        scaled, _ = stateless(lambda: optimizer.scale_loss(total), optimizer_state, [])
+        return scaled, (total, logs, updated)
+
+    (_, (total, logs, new_non_trainable)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
+    learning_rate, _ = stateless(lambda: ops.cast(optimizer.learning_rate, "float32"), optimizer_state, [])
+    new_trainable, new_optimizer = optimizer.stateless_apply(optimizer_values, gradients, trainable)
+    finite = None
+    if model.skip_nonfinite:
+        # As the TF step: a LossScaleOptimizer judges its own (scaled) gradients.
+        checked = [total, *([] if loss_scaling else gradients)]
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in checked]))
+
+        def keep(new, old):
+            return [ops.where(finite, n, o) for n, o in zip(new, old)]
+
+        new_trainable = keep(new_trainable, trainable)
+        new_optimizer = keep(new_optimizer, optimizer_values)
+        new_non_trainable = keep(new_non_trainable, non_trainable)
+    # `iterations` counts batches, skipped ones included (the TF step's rule).
+    new_optimizer = _advance_iterations(optimizer, optimizer_values, new_optimizer)
+
+    def update_metrics():
+        model.update_trackers(logs, finite)
+        return model.step_results(learning_rate)
+
+    results, new_metrics = stateless(update_metrics, list(zip(model.metrics_variables, metric_values)),
+                                     model.metrics_variables)
+    if loss_scaling:
+        scale, _ = stateless(lambda: ops.cast(optimizer.dynamic_scale, "float32"),
+                             list(zip(optimizer.variables, new_optimizer)), [])
+        results["loss_scale"] = scale
+    return results, (new_trainable, new_non_trainable, new_optimizer, new_metrics)
+
+
+def test_step(model, state, data):
+    """`model.evaluate_batch` run stateless on `(trainable, non_trainable, metrics)` values."""
+    trainable, non_trainable, metric_values = state
+    mapping = (
+        list(zip(model.trainable_variables, trainable))
+        + list(zip(model.non_trainable_variables, non_trainable))
+        + list(zip(model.metrics_variables, metric_values))
+    )
+    results, updated = stateless(
+        lambda: model.evaluate_batch(data), mapping, model.non_trainable_variables + model.metrics_variables
+    )
+    count = len(model.non_trainable_variables)
+    return results, (trainable, updated[:count], updated[count:])
+
+
+def stateless(fn, state_mapping, read_back):
+    """Runs `fn()` with variables mapped to values (JAX); returns `(fn's result, new values of read_back)`.
+
+    Assignments inside `fn` land in the scope, not the variables, so the step stays
+    a pure function that `jax.jit` and `jax.grad` can trace.
+    """
+    with keras.StatelessScope(state_mapping=state_mapping) as scope:
+        result = fn()
+    values = dict((id(v), value) for v, value in state_mapping)
+    updated = []
+    for variable in read_back:
+        value = scope.get_current_value(variable)
+        updated.append(value if value is not None else values.get(id(variable), variable.value))
+    return result, updated
+
+
+def _advance_iterations(optimizer, old_values, new_values):
+    """Sets `optimizer.iterations` to its old value + 1 in `new_values` (the batch counts even if skipped)."""
+    new_values = list(new_values)
+    for index, variable in enumerate(optimizer.variables):
+        if variable is optimizer.iterations:
+            new_values[index] = old_values[index] + ops.cast(1, old_values[index].dtype)
+    return new_values

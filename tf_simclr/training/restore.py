@@ -1,0 +1,81 @@
+"""Where a model's weights come from: the run's own newest checkpoint, `--checkpoint`, or nowhere.
+
+A run resumes from the newest complete checkpoint in its model_dir (step,
+optimizer slots and schedule intact). Otherwise `--checkpoint` initializes it:
+a tf_simclr checkpoint or model_dir (encoder and projection head; a new
+supervised head trains from scratch), or an export of one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from tf_simclr.config import Config
+from tf_simclr.training import checkpoint as ckpt_lib
+
+log = logging.getLogger("tf_simclr")
+
+
+def weights_source_kind(path: str) -> str:
+    """'checkpoint' or 'export' for a `--checkpoint` path; ValueError naming what is accepted otherwise."""
+    from tf_simclr.export import exports_dir
+    from tf_simclr.storage import fs
+
+    if not fs.exists(path):
+        raise ValueError(f"--checkpoint={path} does not exist; pass a pretraining model_dir, a ckpt-<step> folder "
+                         "or an exported module.")
+    if not ckpt_lib.checkpoint_steps(path) and exports_dir.is_export(path):
+        return "export"
+    try:
+        ckpt_lib.resolve_checkpoint(path)
+    except FileNotFoundError:
+        raise ValueError(
+            f"--checkpoint={path} holds no tf_simclr checkpoint (ckpt-<step>/meta.json) nor exported module "
+            "(saved_model.pb); pass a pretraining model_dir, a ckpt-<step> folder or an exported module."
+        ) from None
+    return "checkpoint"
+
+
+def restore(model, config: Config, *, chief: bool = True) -> int:
+    """Resumes from the newest checkpoint in model_dir, else loads `--checkpoint` weights.
+
+    Returns:
+        The global step training resumes from.
+    """
+    t = config.train
+    if chief:
+        ckpt_lib.recover_interrupted(t.model_dir)  # A checkpoint moved aside by a crash counts too.
+    latest = ckpt_lib.latest_checkpoint(t.model_dir)
+    if latest:
+        meta = ckpt_lib.restore_checkpoint(latest, model, model.optimizer)
+        log.info("Resumed from %s (step %d)", latest, meta["step"])
+        return int(meta["step"])
+    if t.checkpoint:
+        if weights_source_kind(t.checkpoint) == "export":
+            from tf_simclr.export import load
+
+            load.restore_from_export(model, t.checkpoint)  # A TF-Hub module written by tf_simclr.
+        else:
+            ckpt_lib.restore_checkpoint(t.checkpoint, model, None, exclude_parts=("supervised_head",))
+        log.info("Initialized the model from %s", t.checkpoint)
+    elif t.train_mode == "finetune":
+        raise ValueError("--train_mode=finetune needs --checkpoint (a pretraining model_dir or checkpoint folder).")
+    return 0
+
+
+def load_trained_model(config: Config, num_classes: Optional[int], strategy=None, checkpoint: Optional[str] = None):
+    """Builds the run's model (`models.factory`) and loads its newest checkpoint (or `checkpoint`), without training.
+
+    Returns:
+        `(model, step)`.
+    """
+    import tensorflow as tf
+
+    from tf_simclr.models import factory
+
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = factory.model_from_config(config, num_classes, device_augment=config.data.augment_on == "device")
+        meta = ckpt_lib.restore_checkpoint(checkpoint or config.train.model_dir, model, None)
+    return model, int(meta["step"])

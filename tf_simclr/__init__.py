@@ -8,13 +8,14 @@ The package, one area per folder (docs/architecture.md draws it):
     augment     one augmentation spec; host (tf.data) and device (keras.ops) implementations
     models      backbones by name, heads, SimCLRModel, the one model factory
     losses      NT-Xent and the supervised loss; losses by name
-    optim       LARS, optimizers by name, schedules, weight decay, precision
+    optim       LARS, optimizers by name, schedules, the run's plan, weight decay, precision
     distribute  strategies, replica context, JAX data parallelism
-    training    the trainer, its TF and JAX steps, checkpoints, callbacks
+    steps       one optimizer step, on TensorFlow and on JAX
+    training    the trainer, restore, callbacks, preemption
     evaluation  linear probe, kNN, frozen-feature report with baselines, eval loop
     export      TF-Hub modules and loading them
     visualize   learning curves and embeddings as pictures
-    storage     crash-safe files on any filesystem
+    storage     crash-safe files and checkpoints on any filesystem
     cli         the command line (run.py, `tf_simclr`, `python -m tf_simclr`)
 
     import tf_simclr

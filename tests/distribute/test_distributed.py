@@ -23,7 +23,7 @@ from tf_simclr.config import ModelConfig
 from tf_simclr.models import build_model
 from tf_simclr.optim.optimizers import build_optimizer
 from tf_simclr.optim.weight_decay import plan_weight_decay
-from tf_simclr.training import checkpoint
+from tf_simclr.storage import checkpoint
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, global_bn=True)

@@ -30,7 +30,7 @@ from tf_simclr.distribute import strategy as strategy_lib  # noqa: E402
 from tf_simclr.models import build_model  # noqa: E402
 from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
 from tf_simclr.optim.weight_decay import plan_weight_decay  # noqa: E402
-from tf_simclr.training import checkpoint  # noqa: E402
+from tf_simclr.storage import checkpoint  # noqa: E402
 
 CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, global_bn=True)
 

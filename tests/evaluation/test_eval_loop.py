@@ -14,9 +14,9 @@ import pytest
 import helpers
 from tf_simclr.data import pipeline, sources
 from tf_simclr.evaluation import eval_loop
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
-from tf_simclr.training.plan import make_plan
+from tf_simclr.optim.plan import make_plan
 
 # The class each checkpoint's supervised head always predicts (kernel 0, one-hot bias).
 PREDICTED = {10: 3, 20: 7, 30: 0}

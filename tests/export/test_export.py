@@ -22,7 +22,7 @@ from tf_simclr import keras_internals
 from tf_simclr.config import Config, ModelConfig, TrainConfig, config_from_dict
 from tf_simclr.export import exports_dir, hub_module, load, network
 from tf_simclr.models import build_model
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 
 SIZE = 16
 NUM_CLASSES = 5

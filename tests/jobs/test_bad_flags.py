@@ -29,7 +29,7 @@ def deeper_checkpoint(tmp_path_factory):
     """A pretraining model_dir written by a ResNet-34 (the cases' flags say ResNet-18)."""
     from tf_simclr.config import Config
     from tf_simclr.models import factory
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     model_config = helpers.tiny_model_config(resnet_depth=34)
     model_dir = tmp_path_factory.mktemp("resnet34_pretrain")

@@ -18,8 +18,8 @@ from tf_simclr.export import exports_dir
 from tf_simclr.jobs import checks
 from tf_simclr.models import backbones, factory
 from tf_simclr.models.backbones import resnet
-from tf_simclr.training import checkpoint as ckpt_lib
-from tf_simclr.training.plan import make_plan
+from tf_simclr.storage import checkpoint as ckpt_lib
+from tf_simclr.optim.plan import make_plan
 
 TINY = helpers.tiny_model_config()
 

@@ -25,7 +25,7 @@ import helpers
 from tf_simclr.config import Config, TrainConfig
 from tf_simclr.export import exports_dir, hub_module, load
 from tf_simclr.models import build_model
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import restore, trainer
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     run_until_crash(f"""
         import json, os, sys, types
         import keras, numpy as np
-        from tf_simclr.training import checkpoint as ckpt
+        from tf_simclr.storage import checkpoint as ckpt
         directory, expected = sys.argv[1:3]
         model, opt = {SMALL_MODEL}, {SMALL_OPTIMIZER}
         opt.build(model.trainable_variables)
@@ -128,7 +128,7 @@ def test_crash_while_replacing_a_checkpoint_is_rolled_back(tmp_path):
         import os, sys
         import keras, numpy as np
         from tf_simclr.storage import atomic
-        from tf_simclr.training import checkpoint as ckpt
+        from tf_simclr.storage import checkpoint as ckpt
         directory, expected = sys.argv[1:3]
         model, opt = {SMALL_MODEL}, {SMALL_OPTIMIZER}
         opt.build(model.trainable_variables)

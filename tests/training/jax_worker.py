@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 from tf_simclr.config import config_from_dict  # noqa: E402
 from tf_simclr.distribute import jax_parallel  # noqa: E402
-from tf_simclr.training import checkpoint as ckpt_lib  # noqa: E402
+from tf_simclr.storage import checkpoint as ckpt_lib  # noqa: E402
 from tf_simclr.training import trainer  # noqa: E402
-from tf_simclr.training.plan import make_plan  # noqa: E402
+from tf_simclr.optim.plan import make_plan  # noqa: E402
 
 
 class StepLosses(keras.callbacks.Callback):

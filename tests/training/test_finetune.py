@@ -10,9 +10,9 @@ import helpers
 from tf_simclr.data import sources, subsets
 from tf_simclr.evaluation import supervised
 from tf_simclr.models.backbones import resnet
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
-from tf_simclr.training.plan import make_plan
+from tf_simclr.optim.plan import make_plan
 
 pytestmark = pytest.mark.slow
 

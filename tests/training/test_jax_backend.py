@@ -20,9 +20,9 @@ import tensorflow as tf
 import helpers
 from tf_simclr.config import Config, DataConfig, TrainConfig
 from tf_simclr.export import exports_dir, hub_module, load
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
-from tf_simclr.training.plan import make_plan
+from tf_simclr.optim.plan import make_plan
 
 SIZE, BATCH, STEPS, EXAMPLES, CLASSES = 16, 8, 3, 24, 2
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jax_worker.py")

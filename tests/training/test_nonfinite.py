@@ -17,7 +17,7 @@ import helpers
 from tf_simclr.data import pipeline
 from tf_simclr.export import hub_module
 from tf_simclr.training import callbacks as callbacks_lib
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from tf_simclr.data import pipeline, sources
 from tf_simclr.evaluation import supervised
 from tf_simclr.losses import ntxent
 from tf_simclr.models import build_model
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
 
 pytestmark = pytest.mark.slow

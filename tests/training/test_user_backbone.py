@@ -22,7 +22,7 @@ import tf_simclr
 from tf_simclr.export import exports_dir
 from tf_simclr.export import load as load_lib
 from tf_simclr.models import BACKBONES
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 
 pytestmark = pytest.mark.slow
 NAME = "tiny_convnet_for_tests"

@@ -1,9 +1,10 @@
 """Datasets and the input pipeline.
 
-    sources       the ImageSource protocol, BaseSource, load_source (by name)
+    base          the ImageSource protocol and BaseSource (what every source is)
+    sources       load_source: a dataset by name (TFDS, folder:)
     tfds_source   TFDS datasets (offline preparation where possible)
     image_folder  the user's own images: folder:/path
-    subsets       class-balanced label fractions and id files
+    subsets       class-balanced label fractions and id files;  filters: keep chosen examples
     pipeline      Views and build_dataset: tf.data batches of augmented views
     fashion_mnist Debian's Fashion-MNIST files -> the genuine TFDS dataset
     digits        scikit-learn's digits as an image folder (a transfer target)
@@ -14,7 +15,7 @@ Names load on first use, so `tf_simclr.data.sources` imports without TensorFlow.
 import importlib
 
 _EXPORTS = {
-    "ImageSource": "sources", "BaseSource": "sources", "load_source": "sources", "prepared": "sources",
+    "ImageSource": "base", "BaseSource": "base", "load_source": "sources", "prepared": "sources",
     "FOLDER_PREFIX": "sources",
     "TFDSSource": "tfds_source", "ImageFolderSource": "image_folder",
     "SubsetSource": "subsets", "subset_source": "subsets", "record_subset": "subsets",

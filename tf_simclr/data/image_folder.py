@@ -35,7 +35,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr.data.sources import BaseSource, check_indices, shard
+from tf_simclr.data.base import BaseSource, check_indices, shard
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLIT_FOLDER_NAMES = (

@@ -281,3 +281,13 @@ def check_batch_divides(global_batch_size: int, replicas: int, flag: str = "--tr
             f"{flag}={global_batch_size} must be a positive multiple of the number of replicas ({replicas}), so "
             f"that every replica gets the same batch. Nearest valid sizes: {' or '.join(map(str, nearest))}."
         )
+
+def training_views(config) -> Views:
+    """What the training pipeline yields: two views (pretraining), one (fine-tuning), or uint8 images."""
+    from tf_simclr.augment.spec import spec_from_config
+
+    spec = spec_from_config(config.data, config.model.image_size)
+    mode = config.train.train_mode
+    return Views(mode, spec, on_device=config.data.augment_on == "device" and mode == "pretrain")
+
+

@@ -33,7 +33,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr.data.sources import BaseSource
+from tf_simclr.data.base import BaseSource
+from tf_simclr.data.filters import filter_by_ids, filter_by_indices  # noqa: F401  (re-exported)
 from tf_simclr.storage import atomic, fs
 
 SUBSET_IDS_FILE = "subset_ids.txt"
@@ -158,45 +159,6 @@ def record_subset(model_dir: Union[str, os.PathLike], ids: Sequence[Union[str, i
         The path written; pass it back as `ids=` to `subset_source`.
     """
     return write_id_file(fs.join(os.fspath(model_dir), SUBSET_IDS_FILE), ids)
-
-
-# ---------------------------------------------------------------- tf.data filters
-
-
-def filter_by_ids(dataset: tf.data.Dataset, ids: Sequence[str], id_key: str) -> tf.data.Dataset:
-    """Keeps the elements (dicts) whose `id_key` string feature is in `ids`.
-
-    A hash table lookup per element, so 10^5 ids cost no more than 10.
-    """
-    spec = dataset.element_spec
-    if not isinstance(spec, dict) or id_key not in spec:
-        keys = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-        raise ValueError(f"Elements need a {id_key!r} feature to filter by id. Received: id_key={id_key!r}; features: {keys}")
-    keys = tf.constant([str(i) for i in ids], tf.string)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), default_value=0
-    )
-    return dataset.filter(lambda example: table.lookup(example[id_key]) > 0)
-
-
-def filter_by_indices(dataset: tf.data.Dataset, indices: Sequence[int]) -> tf.data.Dataset:
-    """Keeps the elements at the given positions, in dataset order.
-
-    Stops reading after the largest index instead of scanning to the end.
-    """
-    indices = np.unique(np.asarray(indices, dtype=np.int64))
-    if indices.size == 0:
-        raise ValueError("No indices to keep: the subset is empty.")
-    if indices[0] < 0:
-        raise ValueError(f"Indices must be >= 0. Received e.g. {indices[:3].tolist()}")
-    last = int(indices[-1])
-    keys = tf.constant(indices, tf.int64)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), default_value=0
-    )
-    enumerated = dataset.enumerate().take_while(lambda i, _: i <= last)
-    kept = enumerated.filter(lambda i, _: table.lookup(i) > 0)
-    return kept.map(lambda _, element: element)
 
 
 # ---------------------------------------------------------------- Sources
@@ -338,3 +300,24 @@ def subset_dataset(
     """`(image, label)` pairs of the chosen examples of a split; see `subset_source`."""
     chosen = subset_source(source, split, ids, fraction=fraction, per_class=per_class, seed=seed, id_key=id_key)
     return chosen.as_dataset(split, shuffle_files=False)
+
+def labelled_subset(config, source):
+    """The training split restricted to `--train_subset_ids` or a class-balanced `--train_label_fraction`.
+
+    SimCLR's semi-supervised results fine-tune on 1% or 10% of the labels; a
+    fraction draw is stratified per class and fixed by `--subset_seed`, so two
+    runs with the same seed see the same examples.
+
+    Returns:
+        `source` itself when neither flag is set, else a `subsets.SubsetSource`.
+    """
+    from tf_simclr.config import check_label_subset
+
+    t = config.train
+    check_label_subset(t.train_label_fraction, t.train_subset_ids)
+    split = config.data.train_split
+    if t.train_subset_ids:
+        return subset_source(source, split, t.train_subset_ids)
+    if t.train_label_fraction and t.train_label_fraction < 1:
+        return subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
+    return source

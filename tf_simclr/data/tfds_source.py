@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_simclr.data import fashion_mnist
-from tf_simclr.data.sources import BaseSource, shard, split_names
+from tf_simclr.data.base import BaseSource, shard, split_names
 
 log = logging.getLogger("tf_simclr")
 
@@ -164,13 +164,13 @@ class TFDSSource(BaseSource):
 
     def select(self, split: str, *, indices=None, ids=None, id_key: Optional[str] = None, shuffle_files: bool = False,
                input_context=None, seed: Optional[int] = None):
-        from tf_simclr.data import subsets
+        from tf_simclr.data import filters
 
         records = self._records(split)
         if indices is not None:
-            records = subsets.filter_by_indices(records, indices)
+            records = filters.filter_by_indices(records, indices)
         else:
-            records = subsets.filter_by_ids(records, ids, self._id_key(id_key))
+            records = filters.filter_by_ids(records, ids, self._id_key(id_key))
         records = shard(records, input_context)
         image_feature = self.builder.info.features["image"]
         labelled = self.is_labeled(split)

@@ -6,4 +6,5 @@
     report        the frozen-feature report: pretrained vs random init vs raw pixels
     supervised    the supervised head's accuracy at a checkpoint (result.json)
     eval_loop     follow a model_dir and score every checkpoint (--mode=eval)
+    trained       a run's model with a checkpoint loaded
 """

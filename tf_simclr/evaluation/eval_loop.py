@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional
 
 from tf_simclr.config import Config
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 
 log = logging.getLogger("tf_simclr")
 
@@ -22,16 +22,15 @@ EvaluateFn = Callable[[str], dict]
 
 def final_step(config: Config, source=None) -> int:
     """The step the run ends at (what the trainer trains to), from the config and dataset size."""
-    from tf_simclr.data import sources
-    from tf_simclr.training import trainer
-    from tf_simclr.training.plan import make_plan
+    from tf_simclr.data import sources, subsets
+    from tf_simclr.optim.plan import make_plan
 
     t = config.train
     if t.train_steps > 0:
         return int(t.train_steps)
     if source is None:
         source = sources.load_source(config.data.dataset, config.data.data_dir, prepare=False)
-    source = trainer.labelled_subset(config, source)
+    source = subsets.labelled_subset(config, source)
     return make_plan(config, max(1, source.num_examples(config.data.train_split)), warn=False).total_steps
 
 
@@ -39,13 +38,13 @@ def _default_evaluate_fn(config: Config, strategy, source) -> EvaluateFn:
     """Builds the model once and restores each checkpoint into it (`supervised.evaluate_checkpoint`)."""
     from tf_simclr.evaluation import supervised
 
-    from tf_simclr.training import restore
+    from tf_simclr.evaluation import trained
 
     state = {"model": None}
 
     def evaluate(path: str) -> dict:
         if state["model"] is None:
-            state["model"], _ = restore.load_trained_model(config, source.num_classes or None, strategy, checkpoint=path)
+            state["model"], _ = trained.load_trained_model(config, source.num_classes or None, strategy, checkpoint=path)
         return supervised.evaluate_checkpoint(config, state["model"], strategy, checkpoint=path, source=source)
 
     return evaluate

@@ -30,8 +30,8 @@ def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: O
 
     from tf_simclr.data import pipeline, sources
     from tf_simclr.models import factory
-    from tf_simclr.training import checkpoint as ckpt_lib
-    from tf_simclr.training import trainer
+    from tf_simclr.storage import checkpoint as ckpt_lib
+    from tf_simclr.distribute import datasets
 
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
@@ -46,7 +46,7 @@ def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: O
         path = ckpt_lib.resolve_checkpoint(checkpoint or t.model_dir)
         step = int(ckpt_lib.restore_checkpoint(path, model, None)["step"])
     views = pipeline.Views.eval(config.model.image_size)
-    dataset = trainer.distributed_dataset(config, source, strategy, config.data.eval_split, views, t.eval_batch_size,
+    dataset = datasets.distributed_dataset(config, source, strategy, config.data.eval_split, views, t.eval_batch_size,
                                           flag="--eval_batch_size")
     results = model.evaluate(dataset, steps=t.eval_steps or None, return_dict=True, verbose=0)
     results = {k: float(v) for k, v in results.items()}

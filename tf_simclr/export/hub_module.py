@@ -284,7 +284,7 @@ def model_from_checkpoint(checkpoint_path: str):
     """
     from tf_simclr.config import config_from_dict
     from tf_simclr.models import factory
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     folder = ckpt_lib.resolve_checkpoint(checkpoint_path)
     meta = ckpt_lib.read_meta(folder)
@@ -311,7 +311,7 @@ def export_from_checkpoint(checkpoint_path: str, export_dir: Optional[str] = Non
     Returns:
         The module's path.
     """
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     model, meta = model_from_checkpoint(checkpoint_path)
     folder = ckpt_lib.resolve_checkpoint(checkpoint_path)

@@ -108,7 +108,7 @@ def restore_from_export(model, path: str) -> dict:
         The export's metadata (`export_meta.json`).
     """
     from tf_simclr.models.heads import ProjectionHead
-    from tf_simclr.training.checkpoint import CheckpointMismatchError
+    from tf_simclr.storage.checkpoint import CheckpointMismatchError
 
     folder = resolve_export(path)
     network = _load_network(folder)

@@ -100,10 +100,10 @@ def execute(config: Config, strategy, source) -> dict:
         outputs["eval"] = _evaluate(config, strategy, source, model)
     if config.run.feature_eval:
         from tf_simclr.evaluation import report as report_lib
-        from tf_simclr.training import restore
+        from tf_simclr.evaluation import trained
 
         if model is None:
-            model, _ = restore.load_trained_model(config, source.num_classes or None, strategy)
+            model, _ = trained.load_trained_model(config, source.num_classes or None, strategy)
         report = report_lib.frozen_feature_report(config, model, source=source,
                                                   max_examples=config.run.feature_eval_examples or None)
         outputs["feature_eval"] = report
@@ -114,7 +114,7 @@ def execute(config: Config, strategy, source) -> dict:
 
 def _export(config: Config) -> str:
     from tf_simclr.export import hub_module
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     t = config.train
     source = t.model_dir if ckpt_lib.latest_checkpoint(t.model_dir) else t.checkpoint

@@ -179,8 +179,8 @@ def _num_train_examples(config: Config, source) -> Optional[int]:
 
 
 def _check_plan(config: Config, source) -> None:
-    """The plan's own rule (`training.plan.make_plan`), early: with the dataset's size, or the explicit steps."""
-    from tf_simclr.training.plan import make_plan
+    """The plan's own rule (`optim.plan.make_plan`), early: with the dataset's size, or the explicit steps."""
+    from tf_simclr.optim.plan import make_plan
 
     t = config.train
     examples = _num_train_examples(config, source)
@@ -209,7 +209,7 @@ def _warn_ineffective_blur(config: Config) -> None:
 def _check_weights_source(config: Config, source) -> None:
     """The checkpoint to resume from, or --checkpoint to start from, exists and fits the flags' model."""
     from tf_simclr.models import factory
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
     from tf_simclr.training import restore
 
     t = config.train
@@ -245,7 +245,7 @@ def _check_weights_source(config: Config, source) -> None:
 def checkpoint_mismatches(folder: str, model, exclude_parts: tuple[str, ...] = ()) -> list[str]:
     """The variables `checkpoint.restore_checkpoint` would refuse, by its rule, without loading any array."""
     from tf_simclr.storage import atomic, fs
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     paths = atomic.read_json(fs.join(folder, ckpt_lib.META_FILE)).get("paths", {})
     targets = {k: v for k, v in ckpt_lib.named_variables(model).items() if k.split("/")[0] not in exclude_parts}
@@ -275,7 +275,7 @@ def _raise_on_mismatch(what: str, folder: str, model, exclude_parts: tuple[str, 
     problems = checkpoint_mismatches(folder, model, exclude_parts)
     if not problems:
         return
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     diffs = _flag_differences(ckpt_lib.read_meta(folder).get("config"), config)
     shown = "; ".join(problems[:_SHOWN_MISMATCHES]) + ("; ..." if len(problems) > _SHOWN_MISMATCHES else "")

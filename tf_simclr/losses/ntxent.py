@@ -27,7 +27,7 @@ def contrastive_loss(hidden, hidden_norm: bool = True, temperature: float = 1.0,
     (all replicas together). Under a distribution strategy N replicas each holding
     B/N images give the same loss and gradients as one replica holding all B, once
     the caller divides by the replica count before summing gradients, as the
-    train steps (`training.tf_step`) do.
+    train steps (`steps.tf_step`) do.
 
     Note: the value is the reference's (google-research/simclr `add_contrastive_loss`):
     mean over anchors of `loss_view1 + loss_view2`, i.e. twice the paper's mean over

@@ -4,7 +4,7 @@ Chen et al. 2020 (SimCLR) and Chen et al. 2020b (SimCLRv2, "Big Self-Supervised
 Models are Strong Semi-Supervised Learners"). Pretraining, linear evaluation and
 fine-tuning differ only in which head is trained and which variables are frozen,
 so one class serves all three. The steps that train it live in
-`training.tf_step` (TensorFlow) and `training.jax_step` (JAX); the methods
+`steps.tf_step` (TensorFlow) and `steps.jax_step` (JAX); the methods
 below that Keras calls (`train_step`, `test_step`, `make_train_function`) only
 hand over to them.
 """
@@ -49,7 +49,7 @@ class SimCLRModel(keras.Model):
         ft_proj_selector: Which projection-head layer feeds the supervised head
             (0 = the encoder output, -1 = the head's output), as SimCLRv2.
         skip_nonfinite: Skip a step whose loss or gradients are NaN/inf on any
-            replica instead of applying it (see `training.tf_step`).
+            replica instead of applying it (see `steps.tf_step`).
         device_augment: An `augment.device.DeviceAugment` layer: pretraining
             batches are then uint8 images the model turns into views on the
             accelerator (`--augment_on=device`).
@@ -232,27 +232,27 @@ class SimCLRModel(keras.Model):
     def train_step(self, *args):
         """One optimizer step: `train_step(data)` under TensorFlow, `train_step(state, data)` under JAX."""
         if keras.backend.backend() == "jax":
-            from tf_simclr.training import jax_step
+            from tf_simclr.steps import jax_step
 
             return jax_step.train_step(self, *args)
-        from tf_simclr.training import tf_step
+        from tf_simclr.steps import tf_step
 
         return tf_step.train_step(self, *args)
 
     def test_step(self, *args):
         """Evaluation of the supervised head: `test_step(data)` (TensorFlow), `test_step(state, data)` (JAX)."""
         if keras.backend.backend() == "jax":
-            from tf_simclr.training import jax_step
+            from tf_simclr.steps import jax_step
 
             return jax_step.test_step(self, *args)
-        from tf_simclr.training import tf_step
+        from tf_simclr.steps import tf_step
 
         return tf_step.for_keras_reduction(self.evaluate_batch(args[0]))
 
     def make_train_function(self, force=False):
-        """Keras's, except several steps per call on several replicas (`training.tf_step.multi_step_function`)."""
+        """Keras's, except several steps per call on several replicas (`steps.tf_step.multi_step_function`)."""
         if keras.backend.backend() == "tensorflow":
-            from tf_simclr.training import tf_step
+            from tf_simclr.steps import tf_step
 
             function = tf_step.multi_step_function(self, force)
             if function is not None:

@@ -3,6 +3,7 @@
     lars          the LARS optimizer (You et al. 2017), as SimCLR uses it
     optimizers    --optimizer names -> optimizers (register_optimizer adds one)
     schedules     learning-rate scaling with the batch, warmup + cosine decay, step counts
+    plan          a run's steps, warmup, checkpoint period and peak learning rate, derived once
     weight_decay  which variables decay, and whether the optimizer or the loss does it
     precision     --precision -> Keras dtype policy, float16 loss scaling
 

@@ -41,7 +41,7 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, name: str) -> keras.op
 
     Call it after configuring the inner optimizer (e.g. LARS's exclusions) and before
     `model.compile`. The returned `LossScaleOptimizer` skips steps whose scaled
-    gradients overflow and halves its scale; the train steps (`training.tf_step`, `training.jax_step`) still advance
+    gradients overflow and halves its scale; the train steps (`steps.tf_step`, `steps.jax_step`) still advance
     `optimizer.iterations` on those steps so it keeps counting batches.
     """
     _check(name)

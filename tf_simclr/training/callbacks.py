@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-from tf_simclr.training import checkpoint as ckpt_lib
+from tf_simclr.storage import checkpoint as ckpt_lib
 
 log = logging.getLogger("tf_simclr")
 

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import keras
 
-from tf_simclr.config import Config, check_label_subset
+from tf_simclr.config import Config
 from tf_simclr.data import pipeline
-from tf_simclr.distribute import jax_parallel
+from tf_simclr.distribute import datasets, jax_parallel
 from tf_simclr.models import factory
 from tf_simclr.models.simclr import SimCLRModel
 from tf_simclr.optim import optimizers as optimizers_lib
@@ -27,7 +27,7 @@ from tf_simclr.storage import atomic, fs
 from tf_simclr.training import callbacks as callbacks_lib
 from tf_simclr.training import preemption
 from tf_simclr.training import restore as restore_lib
-from tf_simclr.training.plan import Plan, make_plan
+from tf_simclr.optim.plan import Plan, make_plan
 
 log = logging.getLogger("tf_simclr")
 
@@ -53,33 +53,6 @@ def compile_model(config: Config, num_classes: Optional[int], plan: Plan) -> Sim
     return model
 
 
-def training_views(config: Config) -> pipeline.Views:
-    """What the training pipeline yields: two views (pretraining), one (fine-tuning), or uint8 images."""
-    from tf_simclr.augment.spec import spec_from_config
-
-    spec = spec_from_config(config.data, config.model.image_size)
-    mode = config.train.train_mode
-    return pipeline.Views(mode, spec, on_device=config.data.augment_on == "device" and mode == "pretrain")
-
-
-def distributed_dataset(config: Config, source, strategy, split: str, views: pipeline.Views, global_batch: int,
-                        *, skip_batches: int = 0, flag: str = "--train_batch_size"):
-    """A pipeline per input context (TensorFlow), or one of global batches (JAX shards them)."""
-    t = config.train
-    deterministic = views.training and t.deterministic
-    replicas = strategy.num_replicas_in_sync
-
-    def dataset_fn(input_context):
-        return pipeline.build_dataset(
-            source, split, views, input_context.get_per_replica_batch_size(global_batch),
-            input_context=input_context, seed=t.seed, deterministic=deterministic, cache=config.data.cache_dataset,
-            # Each step takes one per-replica batch per replica, spread over the input pipelines.
-            skip_batches=skip_batches * replicas // input_context.num_input_pipelines,
-        )
-
-    if jax_parallel.is_jax():
-        return jax_parallel.global_batch_dataset(dataset_fn, global_batch, flag=flag)
-    return pipeline.distribute_dataset(strategy, dataset_fn, global_batch, flag=flag)
 
 
 def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Callback] = (), *,
@@ -116,7 +89,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     if source is None:
         source = sources.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split],
                                      strict_images=config.data.strict_images)
-    source = labelled_subset(config, source)
+    source = subsets.labelled_subset(config, source)
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(
         "Training %s on %s[%s]: %d examples, %d steps (%d per epoch), batch %d over %d replica(s), peak lr %.4g%s",
@@ -137,7 +110,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         if isinstance(source, subsets.SubsetSource):
             log.info("Recorded the %d training ids in %s", len(source.ids), subsets.record_subset(t.model_dir, source.ids))
     # The data stream resumes where the checkpoint left it (exactly so with --deterministic).
-    dataset = distributed_dataset(config, source, strategy, config.data.train_split, training_views(config),
+    dataset = datasets.distributed_dataset(config, source, strategy, config.data.train_split,
+                                           pipeline.training_views(config),
                                   t.train_batch_size, skip_batches=start_step)
 
     # ---- Fit --------------------------------------------------------------------
@@ -209,26 +183,6 @@ class _Exporter:
             log.info("Exported TF-Hub module %s", path)
 
 
-def labelled_subset(config: Config, source):
-    """The training split restricted to `--train_subset_ids` or a class-balanced `--train_label_fraction`.
-
-    SimCLR's semi-supervised results fine-tune on 1% or 10% of the labels; a
-    fraction draw is stratified per class and fixed by `--subset_seed`, so two
-    runs with the same seed see the same examples.
-
-    Returns:
-        `source` itself when neither flag is set, else a `subsets.SubsetSource`.
-    """
-    from tf_simclr.data import subsets
-
-    t = config.train
-    check_label_subset(t.train_label_fraction, t.train_subset_ids)
-    split = config.data.train_split
-    if t.train_subset_ids:
-        return subsets.subset_source(source, split, t.train_subset_ids)
-    if t.train_label_fraction and t.train_label_fraction < 1:
-        return subsets.subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
-    return source
 
 
 def write_flags(config: Config, model_dir: str) -> str:

@@ -76,7 +76,7 @@ def render(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, class_names
 def load_features_model(path: str):
     """`(model, image_size)` for a model_dir, a `ckpt-<step>` folder or an exported module."""
     from tf_simclr.export import exports_dir
-    from tf_simclr.training import checkpoint as ckpt_lib
+    from tf_simclr.storage import checkpoint as ckpt_lib
 
     if not ckpt_lib.checkpoint_steps(path) and not ckpt_lib.is_checkpoint(path) and exports_dir.is_export(path):
         from tf_simclr.export import load

@@ -1,4 +1,4 @@
-"""Checkpoints (training.checkpoint): round trip of weights and optimizer slots, atomicity, pruning, mismatch errors."""
+"""Checkpoints (storage.checkpoint): round trip of weights and optimizer slots, atomicity, pruning, mismatch errors."""
 
 import os
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_simclr.training import checkpoint as ckpt
+from tf_simclr.storage import checkpoint as ckpt
 
 
 def tiny_model(units=3):

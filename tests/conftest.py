@@ -12,9 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any test folder.
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from helpers import write_image_folder  # noqa: E402  (one place; tests import it from helpers)
 
 # Two logical CPUs let MirroredStrategy tests run without GPUs. This must happen
 # before TensorFlow initializes its devices, so it lives here and nowhere else.
@@ -50,18 +51,6 @@ def two_cpu_strategy():
     must not create their own.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
-def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) -> str:
-    """Random RGB PNGs in one sub-folder per class; returns `root`."""
-    rng = np.random.default_rng(seed)
-    for label in classes:
-        os.makedirs(os.path.join(root, label), exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            with open(os.path.join(root, label, f"{i:03d}.png"), "wb") as f:
-                f.write(tf.io.encode_png(pixels).numpy())
-    return str(root)
 
 
 @pytest.fixture(scope="module")

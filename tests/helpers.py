@@ -169,3 +169,17 @@ def numpy_softmax_cross_entropy(labels, logits):
 
 
 __all__ += ["numpy_nt_xent", "numpy_softmax_cross_entropy"]
+
+
+def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) -> str:
+    """Random RGB PNGs in one sub-folder per class; returns `root`."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            with open(os.path.join(root, label, f"{i:03d}.png"), "wb") as f:
+                f.write(tf.io.encode_png(pixels).numpy())
+    return str(root)

@@ -22,5 +22,5 @@ def test_pretrain_in_python_runs_a_few_steps(fashion_mnist_dir):
 def test_downstream_app_trains_a_classifier_on_an_export():
     import finetune_exported_encoder
 
-    accuracy = finetune_exported_encoder.main(["--epochs=1", "--linear_probe"])
-    assert 0.1 < accuracy <= 1.0  # 10 classes; a frozen random encoder plus a trained head beats chance.
+    accuracy = finetune_exported_encoder.main(["--epochs=2"])
+    assert 0.5 < accuracy <= 1.0  # Fine-tuning the exported encoder learns the digits (0.81 seen; chance is 0.1).

@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 import helpers
-from tests.conftest import write_image_folder
+from helpers import write_image_folder
 from tf_simclr.augment.spec import AugmentSpec
 from tf_simclr.data import pipeline
 from tf_simclr.data.pipeline import Views, build_dataset, eval_dataset

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import helpers
-from tests.conftest import write_image_folder
+from helpers import write_image_folder
 from tf_simclr.augment.spec import AugmentSpec
 from tf_simclr.data import fashion_mnist, sources, tfds_source
 from tf_simclr.data.image_folder import ImageFolderSource

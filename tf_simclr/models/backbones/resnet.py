@@ -99,14 +99,29 @@ def fixed_padding_amounts(kernel_size: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+# A 1x1 convolution with stride > 1 on fewer input channels than this runs as a 1x1 average
+# pool with that stride (it selects the pixels x[:, ::s, ::s, :], bit for bit) followed by a
+# stride-1 convolution: the same outputs, gradients and kernel variable. It keeps TensorFlow
+# 2.21's oneDNN (v3.7.3) off its 1x1 strided backward-weights kernel (`jit_1x1:avx512_core`),
+# which for channels-last inputs with fewer channels than its 16-channel block writes past the
+# end of its scratchpad (uxlfoundation/oneDNN#6035): heap corruption, then a glibc abort or
+# SIGSEGV. benchmarks/onednn_strided_1x1_crash.py reproduces it with one TensorFlow op.
+MIN_CHANNELS_FOR_STRIDED_1X1 = 16
+
+
 def conv2d_fixed_padding(x, filters: int, kernel_size: int, strides: int, name: str):
     """Convolution `name` without bias; strided ones pad (layer `{name}_pad`), then run VALID.
 
-    Stride 1 uses 'SAME', which equals fixed padding for odd kernels.
+    Stride 1 uses 'SAME', which equals fixed padding for odd kernels. A strided 1x1
+    convolution on fewer than `MIN_CHANNELS_FOR_STRIDED_1X1` channels subsamples first
+    (layer `{name}_subsample`) and then runs at stride 1 (see above).
     """
     if strides > 1:
         before, after = fixed_padding_amounts(kernel_size)
         x = layers.ZeroPadding2D(((before, after), (before, after)), name=f"{name}_pad")(x)
+        if kernel_size == 1 and x.shape[-1] is not None and x.shape[-1] < MIN_CHANNELS_FOR_STRIDED_1X1:
+            x = layers.AveragePooling2D(pool_size=1, strides=strides, padding="valid", name=f"{name}_subsample")(x)
+            return _conv(filters, 1, 1, "valid", name)(x)
         return _conv(filters, kernel_size, strides, "valid", name)(x)
     return _conv(filters, kernel_size, strides, "same", name)(x)
 

@@ -444,3 +444,31 @@ def test_total_stride_is_what_the_encoder_downsamples(image_size, stride):
     assert image_size // final_map == stride
     assert resnet_lib.total_stride(config) == stride
     assert stride == (resnet_lib.CIFAR_STEM_STRIDE if config.cifar_stem else resnet_lib.IMAGENET_STEM_STRIDE)
+
+
+def test_strided_1x1_conv_on_few_channels_subsamples_first_with_the_same_math():
+    """The oneDNN-safe form (1x1 average pool with the stride, then a stride-1 conv) equals x[:, ::2, ::2] @ W."""
+    import tensorflow as tf
+
+    from tf_simclr.models.backbones import resnet as resnet_module
+
+    inputs = keras.Input((14, 14, 8))
+    outputs = resnet_module.conv2d_fixed_padding(inputs, 16, 1, 2, "shortcut")
+    layer_model = keras.Model(inputs, outputs)
+    names = [layer.name for layer in layer_model.layers]
+    assert "shortcut_subsample" in names and layer_model.get_layer("shortcut").strides == (1, 1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 14, 14, 8)).astype("float32")
+    g = rng.normal(size=(3, 7, 7, 16)).astype("float32")
+    kernel = layer_model.get_layer("shortcut").kernel
+    with tf.GradientTape() as tape:
+        y = layer_model(x)
+        loss = tf.reduce_sum(y * g)
+    (grad,) = tape.gradient(loss, [kernel.value])
+    sub = x[:, ::2, ::2, :]
+    np.testing.assert_allclose(y.numpy(), sub @ kernel.numpy()[0, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad.numpy()[0, 0], np.einsum("bhwc,bhwo->co", sub, g), rtol=1e-4, atol=1e-4)
+    # At 16 channels and more the convolution keeps its stride (oneDNN's kernel is safe there).
+    wide = keras.Input((14, 14, 16))
+    assert "wide_subsample" not in [l.name for l in keras.Model(wide, resnet_module.conv2d_fixed_padding(
+        wide, 32, 1, 2, "wide")).layers]

@@ -3,6 +3,7 @@
     fashion_mnist  prepare TFDS fashion_mnist offline from Debian's files
     digits         write scikit-learn's digits as an image folder (a transfer target)
     export         export a checkpoint as a TF-Hub module
+    convert        a google-research/simclr model (SavedModel or checkpoint) -> tf_simclr checkpoint and export
     visualize      views: a grid of augmented views; embedding: a 2-D map of features;
                    curve: redraw a run's learning curve
 
@@ -100,6 +101,52 @@ def _run_export(f):
     print(hub_module.export_from_checkpoint(f.checkpoint, f.out, keep_max=f.keep_max))
 
 
+# ------------------------------------------------------------------ convert
+def _define_convert(f):
+    flags.DEFINE_string("checkpoint", None, "A google-research/simclr model: a SavedModel folder (the official "
+                        "models), or a model_dir / ckpt-N prefix written by its tf.train.CheckpointManager.",
+                        flag_values=f)
+    flags.DEFINE_string("model_dir", None, "A new or empty folder for the tf_simclr checkpoint (ckpt-<step>/).",
+                        flag_values=f)
+    flags.DEFINE_string("export_dir", None, "Base folder of the TF-Hub export (default: exported_models/<model_dir "
+                        "name>); the module goes to <export_dir>/<step>/.", flag_values=f)
+    flags.DEFINE_integer("image_size", None, "The model's training image size (its variables do not record it; "
+                         "default 224, or 32 for the CIFAR stem).", flag_values=f)
+    flags.DEFINE_integer("ft_proj_selector", None, "Projection layer feeding the supervised head (default: the one "
+                         "the SavedModel's graph reads, else 0).", flag_values=f)
+    flags.DEFINE_integer("keep_max", 1, "Modules kept in the export's base folder (0 keeps all).", flag_values=f)
+    flags.DEFINE_bool("verify", False, "Compare the export's outputs with the reference SavedModel's on random "
+                      "images (loads the SavedModel: slow for big models).", flag_values=f)
+
+
+def _run_convert(f):
+    from tf_simclr.reference import convert, files
+
+    if not f.checkpoint or not f.model_dir:
+        raise ValueError("--checkpoint (the reference model) and --model_dir (where the tf_simclr checkpoint goes) "
+                         "are required.")
+    located = files.locate(f.checkpoint)
+    if f.verify and (located is None or not located.saved_model_dir):
+        raise ValueError(f"--verify compares with a reference SavedModel; --checkpoint={f.checkpoint} is not one.")
+    done = convert.convert(f.checkpoint, f.model_dir, export_dir=f.export_dir, image_size=f.image_size,
+                           ft_proj_selector=f.ft_proj_selector, keep_max=f.keep_max)
+    print(f"Converted {f.checkpoint}: {done.architecture.describe()}")
+    print(f"Architecture flags: {done.architecture.flags()}")
+    print(f"Checkpoint (--checkpoint / --model_dir): {done.checkpoint}")
+    print(f"Export (TF-Hub module, encoder.keras): {done.export}")
+    if not f.verify:
+        return 0
+    differences = convert.compare_with_saved_model(located.saved_model_dir, done.export, done.config.model.image_size)
+    print("Largest difference to the reference's outputs, relative to their scale: "
+          + " ".join(f"{k}={v:.1e}" for k, v in differences.items()))
+    worst = max(differences.values())
+    if worst > convert.EQUAL_OUTPUTS_TOLERANCE:
+        print(f"tf_simclr convert: error: outputs differ by up to {worst:.1e} (more than "
+              f"{convert.EQUAL_OUTPUTS_TOLERANCE:g}); the conversion is wrong for this model.", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ------------------------------------------------------------------ visualize
 def _define_visualize(f):
     flags.DEFINE_enum("what", "views", ["views", "embedding", "curve"],
@@ -138,6 +185,9 @@ COMMANDS = {
                       _define_digits, _run_digits),
     "export": Command("export", "Export a tf_simclr checkpoint as a TF-Hub module under <out>/<step>/.",
                       _define_export, _run_export),
+    "convert": Command("convert", "Convert a google-research/simclr model (official SavedModel or its own "
+                       "checkpoint) into a tf_simclr checkpoint and TF-Hub export.", _define_convert, _run_convert,
+                       positional="checkpoint"),
     "visualize": Command("visualize", "Pictures: augmented views, a 2-D embedding of features, a learning curve.",
                          _define_visualize, _run_visualize, positional="what"),
 }

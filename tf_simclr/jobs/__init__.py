@@ -5,9 +5,10 @@
 Modes (`config.run.mode`, the reference's `--mode`):
 
 * `train`: train (pretrain or fine-tune), export at the end;
-* `eval`: follow the model_dir and score every checkpoint's supervised head;
+* `eval`: follow the model_dir and score every checkpoint's supervised head (or, with an empty
+  model_dir, score a google-research/simclr `--checkpoint` once);
 * `train_then_eval`: train, then score the final checkpoint;
-* `export`: export the newest checkpoint of model_dir (or `--checkpoint`).
+* `export`: export the newest checkpoint of model_dir (or `--checkpoint`, a reference model too).
 
 `--feature_eval` adds the frozen-feature report (linear probe and kNN, beside a
 random-init encoder and the raw pixels) after any of them.
@@ -102,7 +103,9 @@ def execute(config: Config, strategy, source) -> dict:
         from tf_simclr.evaluation import report as report_lib
         from tf_simclr.evaluation import trained
 
-        if model is None:
+        if model is None and _reference_to_evaluate(config):
+            model, _ = _reference_model(config, strategy)
+        elif model is None:
             model, _ = trained.load_trained_model(config, source.num_classes or None, strategy)
         report = report_lib.frozen_feature_report(config, model, source=source,
                                                   max_examples=config.run.feature_eval_examples or None)
@@ -121,7 +124,12 @@ def _export(config: Config) -> str:
     if not source:
         raise ValueError(f"--mode=export found no checkpoint in --model_dir={t.model_dir}; "
                          "pass --checkpoint=<model_dir or ckpt folder>.")
-    path = hub_module.export_from_checkpoint(source, export_dir=t.export_dir, keep_max=t.keep_hub_module_max)
+    if source == t.checkpoint and _is_reference(source):
+        from tf_simclr.reference import convert
+
+        path = convert.export_reference(config, source)  # A google-research/simclr model, by the flags' architecture.
+    else:
+        path = hub_module.export_from_checkpoint(source, export_dir=t.export_dir, keep_max=t.keep_hub_module_max)
     print("Exported to", path)
     return path
 
@@ -133,6 +141,13 @@ def _evaluate(config: Config, strategy, source, model) -> list:
         log.info("Skipping eval: this run trains no supervised head (pretraining without "
                  "--lineareval_while_pretraining, or a dataset without labels).")
         return []
+    if config.run.mode == "eval" and _reference_to_evaluate(config):
+        from tf_simclr.evaluation import supervised
+
+        model, step = _reference_model(config, strategy)
+        result = supervised.evaluate_model(config, model, strategy, step=step, source=source)
+        print(f"Eval results of {config.train.checkpoint}:", format_results(result))
+        return [result]
     if config.run.mode == "eval":
         from tf_simclr.evaluation import eval_loop
 
@@ -147,6 +162,30 @@ def _evaluate(config: Config, strategy, source, model) -> list:
     result = supervised.evaluate_checkpoint(config, model, strategy, source=source)
     print("Eval results (supervised head trained during the run):", format_results(result))
     return [result]
+
+
+def _is_reference(path: str) -> bool:
+    from tf_simclr.reference import files
+
+    return files.is_reference(path)
+
+
+def _reference_model(config: Config, strategy):
+    """`(model, step)`: the flags' model holding a google-research/simclr --checkpoint's weights, and their step."""
+    from tf_simclr.reference import weights as reference_weights
+
+    reference = reference_weights.open_reference(config.train.checkpoint)
+    with strategy.scope():
+        model = reference_weights.build_loaded_model(reference, config)
+    return model, reference.step
+
+
+def _reference_to_evaluate(config: Config) -> bool:
+    """--mode=eval scores a google-research/simclr --checkpoint once when model_dir has no checkpoint to follow."""
+    from tf_simclr.storage import checkpoint as ckpt_lib
+
+    t = config.train
+    return bool(t.checkpoint) and not ckpt_lib.latest_checkpoint(t.model_dir) and _is_reference(t.checkpoint)
 
 
 def format_results(results: dict) -> str:

@@ -126,6 +126,8 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
         _warn_ineffective_blur(config)
     if training or mode == "export":
         _check_weights_source(config, source)
+    elif mode == "eval":
+        _check_reference_to_evaluate(config, source)
 
 
 def check_writable(flag: str, path: str) -> None:
@@ -215,8 +217,8 @@ def _check_weights_source(config: Config, source) -> None:
     t = config.train
     resume = ckpt_lib.latest_checkpoint(t.model_dir)
     if config.run.mode == "export":
-        if not resume and t.checkpoint:
-            restore.weights_source_kind(t.checkpoint)
+        if not resume and t.checkpoint and restore.weights_source_kind(t.checkpoint) == "reference":
+            _check_reference_architecture(t.checkpoint, config, head_evaluated=True)
         return
     num_classes = getattr(source, "num_classes", 0) or None
     with_head = factory.has_supervised_head(config, num_classes or 2)
@@ -233,7 +235,9 @@ def _check_weights_source(config: Config, source) -> None:
             )
         return
     kind = restore.weights_source_kind(t.checkpoint)
-    if kind == "export":
+    if kind == "reference":
+        _check_reference_architecture(t.checkpoint, config)
+    elif kind == "export":
         _check_export_architecture(t.checkpoint, config)
     else:
         model = factory.model_from_config(config, (num_classes or 2) if t.train_mode == "finetune" else None,
@@ -297,3 +301,53 @@ def _check_export_architecture(path: str, config: Config) -> None:
             f"--checkpoint={path} is an export of a different architecture: it was trained with "
             f"{', '.join(diffs)}; pass the same architecture flags."
         )
+
+
+# ------------------------------------------------------------------ Reference models (google-research/simclr)
+def _check_reference_architecture(path: str, config: Config, *, head_evaluated: bool = False):
+    """Architecture flags against what a reference model's variables hold (names and shapes only).
+
+    With `head_evaluated` (eval, export) `--ft_proj_selector` must also feed the supervised
+    head what it was trained on; a training run only hears a warning (its head may start fresh).
+    """
+    from tf_simclr.reference import convert
+    from tf_simclr.reference import weights as reference_weights
+    from tf_simclr.reference.architecture import contradictions
+
+    reference = reference_weights.open_reference(path)
+    found = contradictions(reference.architecture, config.model)
+    if found:
+        raise ValueError(
+            f"--checkpoint={path} is a google-research/simclr model whose variables contradict the flags: "
+            f"{', '.join(found)}; pass its architecture: {reference.architecture.flags()}."
+        )
+    if head_evaluated and reference.architecture.has_supervised_head:
+        convert.resolve_selector(reference, config.model.ft_proj_selector, strict=True)
+    elif (reference.architecture.has_supervised_head and config.train.train_mode == "finetune"
+          and not config.train.zero_init_logits_layer):
+        widths = reference.architecture.hidden_widths()
+        if widths[config.model.ft_proj_selector] == reference.architecture.head_input_dim:  # The head is restored.
+            convert.resolve_selector(reference, config.model.ft_proj_selector)  # Warns on another layer.
+    return reference
+
+
+def _check_reference_to_evaluate(config: Config, source) -> None:
+    """--mode=eval with a reference --checkpoint (and no checkpoint to follow): its supervised head must fit."""
+    from tf_simclr.models import factory
+    from tf_simclr.reference import files as reference_files
+    from tf_simclr.storage import checkpoint as ckpt_lib
+
+    t = config.train
+    if not t.checkpoint or ckpt_lib.latest_checkpoint(t.model_dir) or not reference_files.is_reference(t.checkpoint):
+        return
+    num_classes = getattr(source, "num_classes", 0) or 0
+    head_evaluated = factory.has_supervised_head(config, num_classes or 2)  # Else --feature_eval reads the encoder.
+    arch = _check_reference_architecture(t.checkpoint, config, head_evaluated=head_evaluated).architecture
+    if not head_evaluated:
+        return
+    if not arch.has_supervised_head:
+        raise ValueError(f"--mode=eval: --checkpoint={t.checkpoint} has no supervised head to evaluate; fine-tune it "
+                         "first (--mode=train --train_mode=finetune) or use --feature_eval.")
+    if num_classes and arch.num_classes != num_classes:
+        raise ValueError(f"--mode=eval: --checkpoint={t.checkpoint}'s supervised head has {arch.num_classes} classes, "
+                         f"--dataset={config.data.dataset} has {num_classes}; evaluate it on its own dataset.")

@@ -183,3 +183,35 @@ def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) 
             with open(os.path.join(root, label, f"{i:03d}.png"), "wb") as f:
                 f.write(tf.io.encode_png(pixels).numpy())
     return str(root)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` TCP ports on 127.0.0.1 that were free a moment ago (for TF_CONFIG clusters of worker processes)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+__all__ += ["free_ports"]
+
+
+def fault_rng(name: str = "FAULT_SEED"):
+    """`(random.Random, seed)` for a fault test's random kill points: `$FAULT_SEED` if set, else a fresh seed.
+
+    The seed is printed (pytest shows it with a failure), so `FAULT_SEED=<seed> pytest ...` replays the same delays.
+    """
+    import random
+
+    given = os.environ.get(name)
+    seed = int(given) if given else random.SystemRandom().randrange(10**6)
+    print(f"{name}={seed} ({'given' if given else 'drawn'}; rerun with {name}={seed} to replay these kill delays)")
+    return random.Random(seed), seed
+
+
+__all__ += ["fault_rng"]

@@ -2,8 +2,9 @@
 
 TensorFlow's C++ INFO lines, TFDS's and absl's INFO lines, and CUDA's
 initialization errors on a machine without a GPU are hidden by default. Show
-them with `--verbosity=0` (absl's flag: 0 is INFO, 1 DEBUG) or, for
-TensorFlow's C++ side, `TF_CPP_MIN_LOG_LEVEL=0`. Warnings that matter (a bad
+them with `--verbosity=0` (absl's flag: 0 is INFO, 1 DEBUG), and for
+TensorFlow's C++ side `TF_CPP_MIN_LOG_LEVEL=0` and `TF_SIMCLR_SHOW_TF_STARTUP=1`
+(its start-up lines). Warnings that matter (a bad
 image skipped, a blur that does nothing, a preemption) stay visible.
 """
 
@@ -14,14 +15,46 @@ import os
 import sys
 
 QUIET_LIBRARIES = ("tensorflow", "tensorflow_datasets", "absl", "jax", "h5py")
+SHOW_STARTUP_ENV = "TF_SIMCLR_SHOW_TF_STARTUP"  # =1: TensorFlow's start-up lines are printed as they come.
 
 
 def quiet_native_logs() -> None:
-    """Before TensorFlow is imported: C++ logs at WARNING and above, and no CUDA probe on machines without a GPU."""
+    """Before TensorFlow is imported: its C++ logs at ERROR and above (TF_CPP_MIN_LOG_LEVEL, if not set already)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
-        # No NVIDIA device: skip CUDA's initialization (and its "failed call to cuInit" error line).
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def import_tensorflow_quietly() -> str:
+    """Imports TensorFlow and initializes its devices with stderr captured; returns what it printed.
+
+    TensorFlow 2.21 prints its start-up lines (oneDNN notice, "Could not find cuda
+    drivers", "failed call to cuInit" on a machine without a GPU) from C++ before its
+    log level applies. They are kept out of the run's output unless
+    TF_SIMCLR_SHOW_TF_STARTUP=1; if the import fails, they are printed with the error.
+    """
+    if os.environ.get(SHOW_STARTUP_ENV) == "1" or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+
+        return ""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA's probe happens here.
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        return captured.read().decode(errors="replace")
 
 
 def configure(verbose_libraries: bool | None = None) -> None:

@@ -264,3 +264,26 @@ def test_base_source_select_keeps_chosen_positions_and_shards():
     assert shares == [[1, 3], [2, 8]]
     with pytest.raises(ValueError, match="by index only"):
         source.select("train", ids=["a"])
+
+
+def test_a_data_dir_url_reaches_tfds_as_it_is(monkeypatch, tmp_path):
+    """`--data_dir=gs://...` is TFDS's to read (it opens gs:// itself): passed on unchanged, no local `gs:` folder.
+
+    (TFDS's path layer knows gs://, s3:// and az://, not ram://; `folder:` data is tested on ram://
+    in tests/storage/test_remote_filesystem.py.)
+    """
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def builder(name, data_dir=None, **kwargs):
+        seen.append((name, data_dir))
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tfds, "builder", builder)
+    with pytest.raises(Stop):
+        load_source("fashion_mnist", "gs://bucket/tensorflow_datasets", prepare=False)
+    assert seen == [("fashion_mnist", "gs://bucket/tensorflow_datasets")]
+    assert os.listdir(tmp_path) == []

@@ -2,11 +2,11 @@
 
 Each run is a real `run.py` process on the tiny image folder with `--deterministic`,
 so the comparison is exact: op determinism, augmentation seeded per example and
-the data stream resumed at the checkpoint's step.
+the data stream resumed at the checkpoint's step. The kill delays are random: the
+seed is printed, and `FAULT_SEED=<seed>` replays them (docs/testing.md).
 """
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -58,10 +58,10 @@ def _final_weights(model_dir):
         return {k: stored[k] for k in stored.files}
 
 
-def _assert_bit_identical(a, b):
+def _assert_bit_identical(a, b, note=""):
     assert sorted(a) == sorted(b)
     differ = [k for k in a if not np.array_equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} of {len(a)} arrays differ, e.g. {differ[:5]}"
+    assert not differ, f"{len(differ)} of {len(a)} arrays differ, e.g. {differ[:5]} {note}"
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +73,24 @@ def uninterrupted(image_folder, tmp_path_factory):
 
 def test_sigkill_at_random_steps_resumes_bit_identical(image_folder, uninterrupted, tmp_path):
     model_dir, log_path = str(tmp_path / "run"), str(tmp_path / "run.log")
-    rng = random.Random(int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6)))
+    rng, seed = helpers.fault_rng()
+    replay = f"(replay: FAULT_SEED={seed})"
     kills = []
     for first_checkpoint in (EVERY, 4 * EVERY):
         with open(log_path, "a") as log:
             process = _start(image_folder, model_dir, log)
             _wait_for(os.path.join(model_dir, f"ckpt-{first_checkpoint}"), process)
-            time.sleep(rng.uniform(0, 0.5))  # Anywhere in the steps after it, mid-write included.
+            delay = rng.uniform(0, 0.5)
+            print(f"kill {delay:.3f} s after ckpt-{first_checkpoint} appeared")
+            time.sleep(delay)  # Anywhere in the steps after it, mid-write included.
             process.send_signal(signal.SIGKILL)
-            assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+            assert process.wait(timeout=60) == -signal.SIGKILL, f"the run finished before it could be killed {replay}"
         kills.append(max(int(n.split("-")[1]) for n in os.listdir(model_dir) if n.startswith("ckpt-")))
     _run_to_end(image_folder, model_dir, log_path)
     log = open(log_path).read()
     for step in kills:
-        assert f"Resumed from {os.path.join(model_dir, f'ckpt-{step}')} (step {step})" in log
-    _assert_bit_identical(_final_weights(model_dir), uninterrupted)
+        assert f"Resumed from {os.path.join(model_dir, f'ckpt-{step}')} (step {step})" in log, replay
+    _assert_bit_identical(_final_weights(model_dir), uninterrupted, replay)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_bit_identical(image_folder, uninterrupted, tmp_path):

@@ -28,7 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tf_simclr import logs
 
     logs.quiet_native_logs()  # Before TensorFlow is imported.
-    if argv is None:  # A real process (not a test calling in): our log format on stderr.
+    if argv is None:  # A real process (not a test calling in): TensorFlow's start-up kept quiet, our log format.
+        logs.import_tensorflow_quietly()
         logs.configure(verbose_libraries=False)
     argv = list(sys.argv if argv is None else argv)
     from tf_simclr.cli.commands import COMMANDS

@@ -1,5 +1,7 @@
 """The user's own images as an `ImageSource`: `--dataset=folder:/path/to/images`.
 
+The folder may also be on any `tf.io.gfile` filesystem (`folder:gs://bucket/images`).
+
 Three layouts are recognised, checked in this order:
 
 1. Split folders: every sub-folder of the root is a split name (`train/`,
@@ -36,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_simclr.data.base import BaseSource, check_indices, shard
+from tf_simclr.storage import fs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLIT_FOLDER_NAMES = (
@@ -85,13 +88,35 @@ def is_image_file(name: str) -> bool:
 
 
 def _subfolders(folder: str) -> list[str]:
+    if fs.is_url(folder):
+        return [n for n in fs.listdir(folder) if not n.startswith(".") and fs.isdir(fs.join(folder, n))]
     return sorted(
         e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
     )
 
 
+def _images_in_url(folder: str, recursive: bool) -> list[str]:
+    """`_images_in` for a folder on a `tf.io.gfile` filesystem (`gs://...`)."""
+    found = []
+    for name in fs.listdir(folder):
+        path = fs.join(folder, name)
+        if fs.isdir(path):
+            if recursive and not name.startswith("."):
+                found += _images_in_url(path, recursive)
+        elif is_image_file(name):
+            found.append(path)
+    return sorted(found)
+
+
+def _relative(path: str, root: str) -> str:
+    """`path` relative to `root` (a local folder or a URL)."""
+    return path[len(root.rstrip("/")) + 1:] if fs.is_url(root) else os.path.relpath(path, root)
+
+
 def _images_in(folder: str, recursive: bool) -> list[str]:
-    """Sorted absolute paths of the images in `folder` (and below when recursive)."""
+    """Sorted absolute paths (or URLs) of the images in `folder` (and below when recursive)."""
+    if fs.is_url(folder):
+        return _images_in_url(folder, recursive)
     if not recursive:
         return sorted(
             e.path for e in os.scandir(folder) if e.is_file() and is_image_file(e.name)
@@ -176,6 +201,8 @@ def image_file_problem(path: str) -> Optional[str]:
     file: cheap enough for a million files. A corrupt body with intact ends
     passes; the input pipeline drops those when decoding fails.
     """
+    if fs.is_url(path):
+        return _url_file_problem(path)
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -189,6 +216,22 @@ def image_file_problem(path: str) -> Optional[str]:
             os.close(fd)
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
+    return _format_problem(head, tail, size)
+
+
+def _url_file_problem(path: str) -> Optional[str]:
+    """`image_file_problem` for a file on a `tf.io.gfile` filesystem: its size and both ends, by seeks."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            size = f.size()
+            if size == 0:
+                return REASON_EMPTY
+            head = f.read(HEAD_BYTES)
+            tail_start = max(0, size - TAIL_BYTES)
+            f.seek(tail_start)
+            tail = f.read(size - tail_start)
+    except tf.errors.OpError as e:
+        return f"unreadable: {e.message}"
     return _format_problem(head, tail, size)
 
 
@@ -244,7 +287,7 @@ def _index_class_folders(root: str, class_names: Sequence[str], fraction: float)
     paths, labels = _class_images(root, class_names)
     train, rest = ([], []), ([], [])
     for path, label in zip(paths, labels):
-        part = rest if held_out(os.path.relpath(path, root), fraction) else train
+        part = rest if held_out(_relative(path, root), fraction) else train
         part[0].append(path)
         part[1].append(label)
     held = _Split(tuple(rest[0]), tuple(rest[1]))
@@ -274,7 +317,9 @@ def decode_files(files: tf.data.Dataset) -> tf.data.Dataset:
 
 
 class ImageFolderSource(BaseSource):
-    """Images in a local folder, read with `tf.data`; see the module docstring.
+    """Images in a folder, read with `tf.data`; see the module docstring.
+
+    The folder may be local or on any `tf.io.gfile` filesystem (`folder:gs://bucket/images`).
 
     Attributes:
       name: `folder:<root>`.
@@ -310,8 +355,8 @@ class ImageFolderSource(BaseSource):
           ValueError: no JPEG/PNG image is found, none is readable, or
             `strict` and some files are bad.
         """
-        root = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(root):
+        root = root.rstrip("/") if fs.is_url(root) else os.path.abspath(os.path.expanduser(root))
+        if not fs.isdir(root):
             raise FileNotFoundError(
                 f"Image folder not found. Received: folder:{root} (expected a folder of "
                 "class sub-folders, split sub-folders, or images)."
@@ -440,7 +485,7 @@ class ImageFolderSource(BaseSource):
     def split_index(self, split: str, *, id_key: Optional[str] = None) -> tuple[np.ndarray, Optional[list[str]]]:
         """Labels and paths relative to the root, from the file listing (nothing decoded)."""
         paths, labels = self.files(split)
-        return np.asarray(labels, np.int64), [os.path.relpath(p, self.root) for p in paths]
+        return np.asarray(labels, np.int64), [_relative(p, self.root) for p in paths]
 
     def resolve_ids(self, split: str, ids: Sequence[str], *, id_key: Optional[str] = None):
         """Ids are paths relative to the root, file names, or example indices."""
@@ -450,7 +495,7 @@ class ImageFolderSource(BaseSource):
         position = {}
         for i, path in enumerate(paths):
             position.setdefault(os.path.basename(path), i)
-            position[os.path.relpath(path, self.root)] = i
+            position[_relative(path, self.root)] = i
         ids = list(dict.fromkeys(str(i) for i in ids))
         missing = [i for i in ids if i not in position]
         if missing:

@@ -7,6 +7,7 @@ reference. Top-5 accuracy is reported only for datasets of more than 5 classes.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Optional
 
 from tf_simclr.config import Config
@@ -28,10 +29,9 @@ def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: O
     """
     import tensorflow as tf
 
-    from tf_simclr.data import pipeline, sources
+    from tf_simclr.data import sources
     from tf_simclr.models import factory
     from tf_simclr.storage import checkpoint as ckpt_lib
-    from tf_simclr.distribute import datasets
 
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
@@ -45,13 +45,32 @@ def evaluate_checkpoint(config: Config, model=None, strategy=None, checkpoint: O
             model.compile(jit_compile=False)
         path = ckpt_lib.resolve_checkpoint(checkpoint or t.model_dir)
         step = int(ckpt_lib.restore_checkpoint(path, model, None)["step"])
+    return evaluate_model(config, model, strategy, step=step, source=source)
+
+
+def evaluate_model(config: Config, model, strategy=None, *, step: int, source=None) -> dict:
+    """Top-1 (top-5) accuracy and loss of `model`'s supervised head on the eval split, recorded as `step`'s."""
+    import tensorflow as tf
+
+    from tf_simclr.data import pipeline, sources
+    from tf_simclr.distribute import datasets
+
+    strategy = strategy or tf.distribute.get_strategy()
+    t = config.train
+    if source is None:
+        source = sources.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.eval_split])
+    if not getattr(model, "compiled", False):
+        with strategy.scope():
+            model.compile(jit_compile=False)
     views = pipeline.Views.eval(config.model.image_size)
     dataset = datasets.distributed_dataset(config, source, strategy, config.data.eval_split, views, t.eval_batch_size,
                                           flag="--eval_batch_size")
-    results = model.evaluate(dataset, steps=t.eval_steps or None, return_dict=True, verbose=0)
+    with warnings.catch_warnings():  # Keras warns that a finite eval set "ran out of data": it is meant to.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        results = model.evaluate(dataset, steps=t.eval_steps or None, return_dict=True, verbose=0)
     results = {k: float(v) for k, v in results.items()}
     results["global_step"] = step
     for name in ("result.json", f"result_{step}.json"):
         atomic.write_json(fs.join(t.model_dir, name), results)
-    log.info("Eval at step %d: %s", step, results)
+    log.debug("Eval at step %d: %s", step, results)
     return results

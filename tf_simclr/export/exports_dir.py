@@ -25,15 +25,24 @@ def exported_steps(base_dir: str) -> list[int]:
 
 
 def is_export(path: str) -> bool:
-    """Whether `path` is an exported module or a base folder of them (and not a training checkpoint)."""
-    return atomic.is_complete(path, EXPORT_META_FILE) or fs.exists(fs.join(path, SAVED_MODEL_FILE)) \
-        or bool(exported_steps(path))
+    """Whether `path` is a complete exported module or a base folder of them (and not a training checkpoint)."""
+    return atomic.is_complete(path, EXPORT_META_FILE) or bool(exported_steps(path))
 
 
 def resolve_export(path: str) -> str:
-    """Accepts a module folder or a base folder of `<step>/` modules; returns the module folder."""
-    if fs.exists(fs.join(path, SAVED_MODEL_FILE)):
+    """Accepts a module folder or a base folder of `<step>/` modules; returns the (complete) module folder.
+
+    A folder with `saved_model.pb` but no `export_meta.json` is an export whose
+    writer died before committing it (on an object store it is written in place):
+    refused, never loaded.
+    """
+    if atomic.is_complete(path, EXPORT_META_FILE):
         return path
+    if fs.exists(fs.join(path, SAVED_MODEL_FILE)):
+        raise FileNotFoundError(
+            f"{path!r} holds {SAVED_MODEL_FILE} but no {EXPORT_META_FILE}: an export that never finished (killed "
+            "mid-write); export the checkpoint again, or pass the base folder to use its newest complete module."
+        )
     steps = exported_steps(path)
     if not steps:
         raise FileNotFoundError(

@@ -8,15 +8,22 @@ commit marker (`storage.atomic`): a folder without it is incomplete, ignored by
 folder is also written under a temporary name and renamed into place. NumPy
 arrays instead of `tf.train.Checkpoint` keep the format backend-neutral (a JAX
 run can resume a TensorFlow one).
+
+Training saves through `CheckpointWriter`: the values are copied to host memory
+at the step boundary and the files are written in one background thread, so a
+ResNet-50 checkpoint stalls the run for the copy, not for the write (figures in
+docs/reliability.md, "Checkpoint format: ours or Orbax").
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
+import threading
 import zipfile
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,6 +34,8 @@ _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 VARIABLES_FILE = "variables.npz"
 META_FILE = "meta.json"
 FORMAT = "tf_simclr-npz-1"
+
+log = logging.getLogger("tf_simclr")
 
 
 class CheckpointMismatchError(ValueError):
@@ -95,12 +104,17 @@ def named_variables(model, optimizer=None) -> dict[str, Any]:
 
 
 def _to_numpy(variable) -> np.ndarray:
-    value = variable.numpy() if hasattr(variable, "numpy") else variable.value
-    return np.asarray(value)
+    value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable.value)
+    # An array that views a framework buffer (a CPU tensor's memory) could change under a background
+    # write, or block buffer donation: copy it. Arrays that own their memory are copies already.
+    return value if value.flags.owndata else value.copy()
 
 
 def snapshot(model, optimizer=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Copies of every variable's value now (and their Keras paths): what `write_checkpoint` saves."""
+    """Copies of every variable's value now (and their Keras paths): what `write_checkpoint` saves.
+
+    The arrays own their memory, so training may go on while they are written.
+    """
     named = named_variables(model, optimizer)
     return {k: _to_numpy(v) for k, v in named.items()}, {k: v.path for k, v in named.items()}
 
@@ -132,7 +146,7 @@ def write_checkpoint(directory: str, step: int, arrays: dict, paths: dict, meta:
 
 
 def save_checkpoint(directory: str, step: int, model, optimizer=None, meta: dict | None = None,
-                    max_to_keep: int = 5) -> str:
+                    max_to_keep: int = 5, *, writer: Optional["CheckpointWriter"] = None) -> str:
     """Atomically writes `directory/ckpt-<step>` and prunes all but the newest `max_to_keep`.
 
     Args:
@@ -142,12 +156,99 @@ def save_checkpoint(directory: str, step: int, model, optimizer=None, meta: dict
         optimizer: Its optimizer, built; `None` to save the weights alone.
         meta: JSON-serializable extras stored in meta.json.
         max_to_keep: Older checkpoints beyond this many are deleted (0 keeps all).
+        writer: A `CheckpointWriter` to write the files in the background: this call
+            returns once the values are copied, `writer.flush()` waits for the files.
 
     Returns:
-        The path of the new checkpoint.
+        The path of the new checkpoint (committed once `writer.flush()` returns, if a writer is given).
     """
+    if writer is not None:
+        return writer.save(directory, step, model, optimizer, meta=meta, max_to_keep=max_to_keep)
     arrays, paths = snapshot(model, optimizer)
     return write_checkpoint(directory, step, arrays, paths, meta=meta, max_to_keep=max_to_keep)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint written in the background failed (raised in the caller's thread at the next save or flush)."""
+
+    def __init__(self, path: str, error: BaseException):
+        self.path = path
+        super().__init__(f"Writing checkpoint {path} failed: {type(error).__name__}: {error}. The checkpoints "
+                         "before it are intact; fix the cause (disk space, permissions, the filesystem) and rerun "
+                         "the same command to resume from the newest one.")
+
+
+class CheckpointWriter:
+    """`save_checkpoint` whose file writing runs in one background thread.
+
+    `save` blocks only while it copies every variable's value to host memory
+    (`snapshot`, at the step boundary, so the checkpoint holds exactly that step);
+    `write_checkpoint` then writes the same files in a thread: the same temporary
+    folder or commit marker (`storage.atomic.publishing`), keep-N pruning once the
+    new checkpoint is committed. At most one write is in flight: a save first
+    waits for the previous one (so at most one snapshot waits in memory). An
+    error in the background is raised by the next `save` or `flush`, in the
+    caller's thread, as a `CheckpointWriteError`.
+
+    Call `flush()` before anything reads the checkpoints (an export, an
+    evaluation, the end of training). The thread is not a daemon: a process that
+    exits normally finishes the pending write first; a killed one leaves a
+    temporary folder that the next start removes, as with a synchronous save.
+    """
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[tuple[str, BaseException]] = None
+        self.last_committed: Optional[str] = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a write is in flight."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def save(self, directory: str, step: int, model, optimizer=None, meta: Optional[dict] = None,
+             max_to_keep: int = 5) -> str:
+        """Snapshots the variables now and writes `directory/ckpt-<step>` in the background (see the class).
+
+        Returns:
+            The path the checkpoint will have once committed.
+
+        Raises:
+            CheckpointWriteError: the previous background write failed (this save is not started).
+        """
+        self.flush()
+        arrays, paths = snapshot(model, optimizer)
+        path = checkpoint_path(directory, step)
+        self._thread = threading.Thread(
+            target=self._write, args=(path, directory, step, arrays, paths, dict(meta or {}), max_to_keep),
+            name=f"tf_simclr-checkpoint-{int(step)}", daemon=False)
+        self._thread.start()
+        return path
+
+    def _write(self, path, directory, step, arrays, paths, meta, max_to_keep) -> None:
+        try:
+            write_checkpoint(directory, step, arrays, paths, meta=meta, max_to_keep=max_to_keep)
+        except BaseException as error:  # Kept for the caller's thread: an exception here would only be printed.
+            self._error = (path, error)
+            return
+        self.last_committed = path
+        log.info("Saved checkpoint %s", path)
+
+    def flush(self) -> Optional[str]:
+        """Waits for the pending write; returns the newest committed path.
+
+        Raises:
+            CheckpointWriteError: the background write failed (raised once).
+        """
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        if self._error is not None:
+            (path, error), self._error = self._error, None
+            raise CheckpointWriteError(path, error) from error
+        return self.last_committed
+
+    wait = flush
 
 
 def recover_interrupted(directory: str) -> list[str]:

@@ -61,10 +61,14 @@ class CheckpointAndStop(keras.callbacks.Callback):
         write: Whether this process writes files (False on non-chief workers, which
             still stop where the chief stops).
         sigterm: A `preemption.SigtermFlag` to watch, or None.
+        background: Write the files in a background thread (`storage.checkpoint.CheckpointWriter`):
+            the step waits only for the copy of the values. `flush()` waits for the files; the end of
+            training (the last checkpoint, the SIGTERM one) and `on_save` do so themselves.
     """
 
     def __init__(self, model_dir: str, every_steps: int, total_steps: int, keep_checkpoint_max: int = 5,
-                 meta: Optional[dict] = None, on_save: Optional[Callable] = None, write: bool = True, sigterm=None):
+                 meta: Optional[dict] = None, on_save: Optional[Callable] = None, write: bool = True, sigterm=None,
+                 background: bool = True):
         super().__init__()
         self.model_dir = model_dir
         self.every_steps = max(1, int(every_steps))
@@ -74,6 +78,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
         self.on_save = on_save
         self.write = write
         self.sigterm = sigterm
+        self.writer = ckpt_lib.CheckpointWriter() if background else None
         self._last_saved = None
         self.last_path: Optional[str] = None
         self.nonfinite_step: Optional[int] = None
@@ -89,12 +94,31 @@ class CheckpointAndStop(keras.callbacks.Callback):
         self._last_saved = step
         if not self.write:
             return None
-        path = ckpt_lib.save_checkpoint(self.model_dir, step, self.model, self.model.optimizer, meta=self.meta, max_to_keep=self.keep_checkpoint_max)
+        path = ckpt_lib.save_checkpoint(self.model_dir, step, self.model, self.model.optimizer, meta=self.meta,
+                                        max_to_keep=self.keep_checkpoint_max, writer=self.writer)
         self.last_path = path
-        log.info("Saved checkpoint %s", path)
+        if self.writer is None:
+            log.info("Saved checkpoint %s", path)
         if self.on_save is not None:
+            self.flush()  # The hook reads the checkpoint (a JAX run's export does, from disk).
             self.on_save(path, step)
         return path
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Waits until every checkpoint saved so far is committed.
+
+        Raises:
+            storage.checkpoint.CheckpointWriteError: a background write failed (only logged with
+                `raise_errors=False`, for a run already failing with another error).
+        """
+        if self.writer is None:
+            return
+        try:
+            self.writer.flush()
+        except ckpt_lib.CheckpointWriteError as e:
+            if raise_errors:
+                raise
+            log.error("%s", e)
 
     def on_train_batch_end(self, batch, logs=None):
         step = _global_step(self.model)
@@ -118,6 +142,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
         step = _global_step(self.model)
         if self.nonfinite_step is None and step != self._last_saved:
             self.save(step)
+        self.flush()  # The last checkpoint (or the SIGTERM one) is on disk before the run reports or exits.
 
 
 class Summaries(keras.callbacks.Callback):

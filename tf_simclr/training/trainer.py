@@ -128,15 +128,20 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         if chief:  # Other workers compute the same steps and write nothing.
             cbs += callbacks_lib.run_reports(config, source, plan)
         cbs += list(callbacks)
-        model.fit(
-            dataset,
-            epochs=math.ceil(plan.total_steps / period),
-            initial_epoch=start_step // period,
-            steps_per_epoch=period,
-            callbacks=cbs,
-            verbose=verbose,
-            shuffle=False,  # The tf.data pipeline shuffles.
-        )
+        try:  # `stopper` writes checkpoints in the background and waits for them at the end of fit.
+            model.fit(
+                dataset,
+                epochs=math.ceil(plan.total_steps / period),
+                initial_epoch=start_step // period,
+                steps_per_epoch=period,
+                callbacks=cbs,
+                verbose=verbose,
+                shuffle=False,  # The tf.data pipeline shuffles.
+            )
+        except BaseException:
+            stopper.flush(raise_errors=False)  # A pending checkpoint still commits; fit's error is raised.
+            raise
+        stopper.flush()
     if stopper.nonfinite_step is not None:
         hint = f"{t.steps_per_execution} steps of --steps_per_execution" if t.steps_per_execution > 1 else ""
         raise callbacks_lib.NonFiniteLossError(stopper.nonfinite_step, stopper.last_path, hint)
@@ -179,7 +184,7 @@ class _Exporter:
 
             path = hub_module.export_to_hub_dir(self.model, self.base, step, keep_max=t.keep_hub_module_max,
                                                 meta=self.meta)
-        if path:
+        if path and jax_parallel.is_jax():  # The subprocess's own log line stays in the subprocess.
             log.info("Exported TF-Hub module %s", path)
 
 

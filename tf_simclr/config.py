@@ -170,6 +170,10 @@ class RunConfig:
                                 "(k=200, T=0.1) on --train_split -> --eval_split, next to a randomly initialized "
                                 "encoder of the same shape and the raw pixels.", ours=True)
     feature_eval_examples: int = option(0, "Examples of each split used by --feature_eval (0 = all).", ours=True)
+    few_label_baselines: bool = option(False, "With --train_mode=finetune: also score a linear probe on the raw "
+                                       "pixels of the same labelled images and the same network and recipe trained "
+                                       "from random init (in <model_dir>/from_scratch), beside the fine-tune.",
+                                       ours=True)
     eval_timeout_secs: float = option(3600.0, "--mode=eval: stop after this many seconds without a new checkpoint "
                                       "in --model_dir.", ours=True)
     eval_poll_secs: float = option(10.0, "--mode=eval: seconds between looks for new checkpoints.", ours=True)

@@ -11,7 +11,8 @@ Modes (`config.run.mode`, the reference's `--mode`):
 * `export`: export the newest checkpoint of model_dir (or `--checkpoint`, a reference model too).
 
 `--feature_eval` adds the frozen-feature report (linear probe and kNN, beside a
-random-init encoder and the raw pixels) after any of them.
+random-init encoder and the raw pixels) after any of them; `--few_label_baselines` puts
+a fine-tune beside the raw pixels of its labelled images and the same recipe from scratch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ log = logging.getLogger("tf_simclr")
 def _needed_splits(config: Config) -> list[str]:
     d, r = config.data, config.run
     needed = [d.train_split] if r.mode in checks.TRAINING_MODES else []
-    if r.mode in ("eval", "train_then_eval") or r.feature_eval or config.train.knn_monitor_examples:
+    if r.mode in ("eval", "train_then_eval") or r.feature_eval or r.few_label_baselines \
+            or config.train.knn_monitor_examples:
         needed.append(d.eval_split)
     if r.feature_eval:
         needed.append(d.train_split)
@@ -99,6 +101,13 @@ def execute(config: Config, strategy, source) -> dict:
         model = outputs["model"] = trainer.train(config, strategy, source=source)
     if mode in ("eval", "train_then_eval"):
         outputs["eval"] = _evaluate(config, strategy, source, model)
+    if config.run.few_label_baselines:
+        from tf_simclr.evaluation import few_labels
+
+        fine_tuned = outputs["eval"][-1] if outputs.get("eval") else None
+        baselines = outputs["few_label_baselines"] = few_labels.few_label_baselines(config, source, fine_tuned,
+                                                                                    strategy)
+        print(few_labels.format_baselines(baselines))
     if config.run.feature_eval:
         from tf_simclr.evaluation import report as report_lib
         from tf_simclr.evaluation import trained

@@ -47,6 +47,10 @@ def check_config(config: Config) -> None:
         raise ValueError(f"--temperature must be > 0. Received: {t.temperature}")
     if t.train_epochs <= 0 and t.train_steps <= 0:
         raise ValueError("Set --train_epochs or --train_steps to a positive number.")
+    if r.few_label_baselines and (t.train_mode != "finetune" or r.mode not in TRAINING_MODES):
+        raise ValueError("--few_label_baselines puts a fine-tune beside the same labels without pretraining; use it "
+                         f"with --train_mode=finetune and --mode=train or train_then_eval. Received: --mode={r.mode} "
+                         f"--train_mode={t.train_mode}")
     factory.check_fine_tune_after_block(config)
     if m.proj_head_mode == "nonlinear" and m.num_proj_layers < 1:
         raise ValueError(f"--num_proj_layers must be >= 1 with --proj_head_mode=nonlinear. Received: {m.num_proj_layers}")

@@ -1,0 +1,119 @@
+"""What pretraining bought a fine-tune on few labels: the same labels without it.
+
+`--few_label_baselines` (with `--train_mode=finetune`) scores, on the same eval
+split, two models that use exactly the labelled examples the fine-tune used
+(the `--train_label_fraction` draw or `--train_subset_ids`):
+
+* `raw_pixels`: the frozen-feature probe of `report.evaluate_features` on the
+  flattened pixels of those images (a logistic regression, the first thing a
+  practitioner tries);
+* `from_scratch`: the same network and the same fine-tuning recipe (optimizer,
+  learning rate, epochs, batch, augmentation) from a random init instead of
+  `--checkpoint`, every layer trained. It trains in `<model_dir>/from_scratch`.
+
+A fine-tune that does not beat both has not shown that pretraining helped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from tf_simclr.config import Config
+from tf_simclr.storage import atomic, fs
+
+log = logging.getLogger("tf_simclr")
+
+REPORT_FILE = "few_label_baselines.json"
+SCRATCH_DIR = "from_scratch"
+SCRATCH_INIT_DIR = "from_scratch_init"
+
+
+def scratch_config(config: Config) -> Config:
+    """The fine-tune's config without its pretrained weights: same recipe, every layer trains.
+
+    It starts from `<model_dir>/from_scratch_init` (`write_random_init`): a fine-tune
+    always starts from a checkpoint, and this one holds a freshly initialized network.
+    """
+    model_dir = config.train.model_dir
+    return config.replace(
+        train={"checkpoint": fs.join(model_dir, SCRATCH_INIT_DIR), "model_dir": fs.join(model_dir, SCRATCH_DIR),
+               "fine_tune_after_block": -1, "export_at_end": False, "knn_monitor_examples": 0},
+        run={"few_label_baselines": False, "feature_eval": False},
+    )
+
+
+def write_random_init(config: Config, num_classes: int) -> str:
+    """Saves a never-trained network of the config's architecture as `<init dir>/ckpt-0`; returns the dir."""
+    import keras
+
+    from tf_simclr.models import factory
+    from tf_simclr.storage import checkpoint as ckpt_lib
+
+    if config.train.seed is not None:
+        keras.utils.set_random_seed(config.train.seed)
+    model = factory.model_from_config(config.replace(train={"train_mode": "pretrain"}), num_classes,
+                                      plain_batch_norm=True)
+    ckpt_lib.save_checkpoint(config.train.checkpoint, 0, model, meta={"config": config.to_dict(), "random_init": True})
+    return config.train.checkpoint
+
+
+def raw_pixel_baseline(config: Config, source) -> dict:
+    """The frozen-feature probe on the raw pixels of the fine-tune's labelled examples, scored on the eval split."""
+    from tf_simclr.data import pipeline, subsets
+    from tf_simclr.evaluation.features import raw_pixels
+    from tf_simclr.evaluation.report import evaluate_encoder
+
+    d, size = config.data, config.model.image_size
+    labelled = subsets.labelled_subset(config, source)
+    train_ds = pipeline.eval_dataset(labelled, d.train_split, size)
+    test_ds = pipeline.eval_dataset(source, d.eval_split, size)
+    return evaluate_encoder(raw_pixels, train_ds, test_ds, num_classes=source.num_classes, seed=config.train.seed or 0)
+
+
+def few_label_baselines(config: Config, source, fine_tuned: Optional[dict] = None, strategy=None) -> dict:
+    """Scores `raw_pixels` and `from_scratch` (see the module docstring); writes `few_label_baselines.json`.
+
+    Args:
+        config: The fine-tune's config.
+        source: The opened dataset.
+        fine_tuned: The fine-tune's own eval result (`top_1_accuracy`, ...), put beside the baselines.
+        strategy: The `tf.distribute.Strategy` the from-scratch run trains under.
+
+    Returns:
+        `{"fine_tuned": top-1, "raw_pixels": top-1, "from_scratch": top-1, "num_labelled": n}`.
+    """
+    from tf_simclr.evaluation import supervised
+    from tf_simclr.training import trainer
+
+    if config.train.train_mode != "finetune":
+        raise ValueError("--few_label_baselines compares a fine-tune with its baselines; pass --train_mode=finetune.")
+    log.info("Few-label baseline 1/2: a linear probe on the raw pixels of the same labelled images")
+    raw = raw_pixel_baseline(config, source)
+    log.info("Few-label baseline 2/2: the same network and recipe from random init, in %s",
+             fs.join(config.train.model_dir, SCRATCH_DIR))
+    scratch = scratch_config(config)
+    write_random_init(scratch, source.num_classes)
+    model = trainer.train(scratch, strategy, source=source)
+    scratch_result = supervised.evaluate_checkpoint(scratch, model, strategy, source=source)
+    report = {
+        "raw_pixels": raw["linear_top_1"],
+        "from_scratch": scratch_result["top_1_accuracy"],
+        "num_labelled": raw["num_train"],
+        "num_test": raw["num_test"],
+    }
+    if fine_tuned is not None:
+        report["fine_tuned"] = fine_tuned["top_1_accuracy"]
+    atomic.write_json(fs.join(config.train.model_dir, REPORT_FILE), report)
+    return report
+
+
+def format_baselines(report: dict) -> str:
+    """One line per model, top-1 on the eval split in percent."""
+    lines = [f"Few labels ({report['num_labelled']} labelled images; top-1 on {report['num_test']} eval images):"]
+    names = {"fine_tuned": "fine-tuned from the checkpoint", "from_scratch": "same network, from scratch",
+             "raw_pixels": "linear probe on raw pixels"}
+    for key in ("fine_tuned", "from_scratch", "raw_pixels"):
+        if key in report:
+            lines.append(f"  {names[key]:<32} {100 * report[key]:5.1f}%")
+    return "\n".join(lines)

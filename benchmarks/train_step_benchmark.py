@@ -9,7 +9,11 @@ Same model, same synthetic batch (two views of `--batch` images), same LARS, thr
 * `our_step`: tf_simclr's own `train_step` (metrics, linear head, weight-decay
   plan) called from the same kind of `tf.function` loop, without Keras's `fit`;
 * `fit`: `model.fit`, as `run.py` trains (callbacks off), optionally with
-  `--steps_per_execution`.
+  `--steps_per_execution`;
+* with `--compare_strided_1x1`, also `fit_strided_1x1`: the same `fit` with strided
+  1x1 shortcuts on < 16 channels as plain strided convolutions, the form tf_simclr
+  avoids because oneDNN's kernel for it corrupts the heap at large images (see
+  benchmarks/onednn_strided_1x1_crash.py); only safe at small image sizes.
 
 The variants run interleaved (`--rounds` times each, median reported) so load
 changes on a shared machine hit them alike; ratios to `plain` are printed.
@@ -18,7 +22,10 @@ changes on a shared machine hit them alike; ratios to `plain` are printed.
 import argparse
 import os
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # tf_simclr from this checkout.
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 from tf_simclr import losses  # noqa: E402
 from tf_simclr.config import ModelConfig  # noqa: E402
 from tf_simclr.models import factory  # noqa: E402
+from tf_simclr.models.backbones import resnet  # noqa: E402
 from tf_simclr.optim import optimizers  # noqa: E402
 from tf_simclr.optim.weight_decay import plan_weight_decay  # noqa: E402
 
@@ -84,6 +92,16 @@ def fit_runner(args, data):
     return run
 
 
+def strided_1x1_fit_runner(args, data):
+    """`fit` with the model built before the oneDNN-safe form: every 1x1 shortcut a strided convolution."""
+    saved = resnet.MIN_CHANNELS_FOR_STRIDED_1X1
+    resnet.MIN_CHANNELS_FOR_STRIDED_1X1 = 0
+    try:
+        return fit_runner(args, data)
+    finally:
+        resnet.MIN_CHANNELS_FOR_STRIDED_1X1 = saved
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32)
@@ -96,6 +114,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="Timed windows per variant (interleaved).")
     parser.add_argument("--steps_per_execution", type=int, default=1)
     parser.add_argument("--jit", action="store_true", help="XLA for every variant.")
+    parser.add_argument("--compare_strided_1x1", action="store_true",
+                        help="Also time fit with plain strided 1x1 shortcuts (safe only at small image sizes).")
     args = parser.parse_args()
     if args.steps % args.steps_per_execution:
         parser.error("--steps must be a multiple of --steps_per_execution")
@@ -104,6 +124,8 @@ def main():
             tf.constant(rng.integers(0, 10, args.batch).astype("int32")))
     runners = {"plain": plain_runner(args, data), "our_step": our_step_runner(args, data),
                "fit": fit_runner(args, data)}
+    if args.compare_strided_1x1:
+        runners["fit_strided_1x1"] = strided_1x1_fit_runner(args, data)
     for run in runners.values():  # Trace and warm up.
         run(max(2, args.steps_per_execution))
     rates = {name: [] for name in runners}

@@ -53,24 +53,8 @@ def _write_url(path: str, data, mode: str) -> str:
 
 
 def write_text(path: str, text: str) -> str:
-    """Writes `text` to `path` atomically; returns `path`."""
-    if fs.is_url(path):
-        return _write_url(path, text, "w")
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{name}-{_token()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fs.fsync_dir(directory)
-    return path
+    """Writes `text` (UTF-8) to `path` atomically; returns `path`."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str, data: bytes) -> str:

@@ -140,7 +140,7 @@ def main():
     base = statistics.median(rates["plain"])
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"  {name:<9} {median:8.1f} images/s  (min {min(values):.1f}, max {max(values):.1f})  "
+        print(f"  {name:<15} {median:8.1f} images/s  (min {min(values):.1f}, max {max(values):.1f})  "
               f"{median / base:5.2f}x plain")
 
 

@@ -8,7 +8,6 @@ multi-worker `run.py` writes only from the chief and survives a killed worker.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,6 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, global_bn=True)
 STEPS, GLOBAL_BATCH = 3, 8
 HANG_GUARD_SECONDS = 600  # Only against a hung process; nothing is asserted about speed.
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _is_moving_statistic(path):
@@ -87,7 +76,7 @@ def single_replica(workdir):
 
 @pytest.mark.slow
 def test_two_worker_processes_train_like_one_replica(workdir, single_replica):
-    ports = [str(p) for p in _free_ports(2)]
+    ports = [str(p) for p in helpers.free_ports(2)]
     workers = [subprocess.Popen([sys.executable, WORKER, str(workdir), str(i), *ports], stderr=subprocess.PIPE)
                for i in range(2)]
     for w in workers:
@@ -153,7 +142,7 @@ def _start_worker(index, ports, folder, model_dir, export_dir, log):
 
 @pytest.mark.slow
 def test_multi_worker_run_writes_from_the_chief_only_and_a_killed_worker_rejoins(image_folder, tmp_path):
-    ports = _free_ports(2)
+    ports = helpers.free_ports(2)
     model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "exports")
     logs = [open(tmp_path / f"worker{i}.log", "a") for i in range(2)]
     chief, worker = (_start_worker(i, ports, image_folder, model_dir, export_dir, logs[i]) for i in range(2))

@@ -11,13 +11,13 @@ are what pretraining bought.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Optional
 
 import numpy as np
 
 from tf_simclr.storage import atomic
+from tf_simclr.visualize import figures
 
 log = logging.getLogger("tf_simclr")
 
@@ -64,13 +64,7 @@ def render(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, class_names
         ax.set_xticks([])
         ax.set_yticks([])
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=4, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figures.png_bytes(fig, title, dpi=80)
 
 
 def load_features_model(path: str):

@@ -17,11 +17,11 @@ checkpoint and at the end (`tf_simclr visualize curve --model_dir=...` redraws i
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Optional
 
 from tf_simclr.storage import atomic, fs
+from tf_simclr.visualize import figures
 
 CURVE_FILE = "learning_curve.json"
 PLOT_FILE = "learning_curve.png"
@@ -100,10 +100,4 @@ def render(curve: dict, title: Optional[str] = None) -> bytes:
     if steps or dim:
         ax.legend(loc="lower right", fontsize=8)
 
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figures.png_bytes(fig, title, dpi=90)

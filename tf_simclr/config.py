@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 # Modes of a whole job (the reference's --mode), and what each one does.
 MODES = ("train", "eval", "train_then_eval", "export")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 
 
 def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Optional[tuple] = None,
@@ -96,8 +96,23 @@ class TrainConfig:
                                       "Defaults to runs/<dataset>_<train_mode>.")
     train_mode: str = option("pretrain", "The train mode controls different objectives and trainable components.",
                              choices=TRAIN_MODES)
+    teacher: Optional[str] = option(None, "--train_mode=distill: the frozen, fine-tuned teacher whose class "
+                                    "distribution the student learns (a tf_simclr model_dir, ckpt-<step> folder or "
+                                    "export, or a google-research/simclr SavedModel or checkpoint).", ours=True)
+    distill_temperature: float = option(1.0, "--train_mode=distill: temperature tau of both softmaxes in the "
+                                        "distillation loss (SimCLRv2's colab uses 1.0).", ours=True)
+    distill_label_weight: float = option(0.0, "--train_mode=distill: weight of the labelled cross-entropy, "
+                                         "(1 - w) goes to distillation; 0 = distillation only, labels are never read "
+                                         "(SimCLRv2's alpha is 1 - w).", ours=True)
+    distill_temperature_squared: bool = option(True, "--train_mode=distill: multiply the distillation term by "
+                                               "tau^2, as the reference's colab (keeps gradients the same size "
+                                               "across tau); false follows the paper's equation.", ours=True)
     loss: str = option("nt_xent", "Pretraining objective, by name in tf_simclr.losses.LOSSES.", ours=True)
     train_batch_size: int = option(512, "Batch size for training (global, over all replicas).")
+    microbatch_size: int = option(0, "Contrastive pretraining: compute the global batch's NT-Xent and its exact "
+                                  "gradient in chunks of this many images per replica (gradient caching: memory of "
+                                  "one chunk's activations, all 2N-2 negatives kept); each chunk's batch norm uses "
+                                  "its own statistics. 0 = off.", ours=True)
     train_epochs: int = option(100, "Number of epochs to train for.")
     train_steps: int = option(0, "Number of steps to train for. If provided, overrides train_epochs.")
     eval_batch_size: int = option(256, "Batch size for eval.")

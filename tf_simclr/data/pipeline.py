@@ -25,7 +25,7 @@ import tensorflow as tf
 from tf_simclr.augment import host
 from tf_simclr.augment.spec import AugmentSpec
 
-MODES = ("pretrain", "finetune", "eval")
+MODES = ("pretrain", "finetune", "distill", "eval")
 # The reference's shuffle buffer (tf2/data.py): per-replica batch x 50 up to 32 px, else x 10.
 SMALL_IMAGE_BUFFER_MULTIPLIER, BUFFER_MULTIPLIER, SMALL_IMAGE_SIZE = 50, 10, 32
 
@@ -38,7 +38,9 @@ class Views:
 
     Attributes:
         mode: 'pretrain' (two views stacked on channels: `[S, S, 6]`),
-            'finetune' (one view, crop and flip: `[S, S, 3]`) or 'eval' (central
+            'finetune' (one view, crop and flip: `[S, S, 3]`), 'distill' (the
+            same view as fine-tuning, as SimCLRv2 distils, from labelled or
+            unlabelled images) or 'eval' (central
             crop / resize, no randomness; the pipeline then neither shuffles nor
             repeats).
         spec: The augmentation spec; its `image_size` is the output size.
@@ -72,7 +74,7 @@ def _preprocess_fn(views: Views, source) -> Callable[[tf.Tensor, Optional[tf.Ten
         return _device_input_fn(source, spec.image_size)
     if views.mode == "pretrain":
         return lambda image, seed: host.pretrain_views(image, spec, num_views=2, seed=seed)
-    if views.mode == "finetune":
+    if views.mode in ("finetune", "distill"):
         return lambda image, seed: host.finetune_view(image, spec, seed=seed)
     return lambda image, seed: host.eval_view(image, spec.image_size)
 
@@ -211,9 +213,10 @@ def build_dataset(
         raise TypeError(f"views must be a pipeline.Views. Received: {type(views).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
-    if views.mode != "pretrain" and not source.is_labeled(split):
+    if views.mode not in ("pretrain", "distill") and not source.is_labeled(split):
         raise ValueError(
-            f"Split {split!r} of {source.name} has no labels, so it can only be used for pretraining. "
+            f"Split {split!r} of {source.name} has no labels, so it can only be used for pretraining or "
+            "distillation. "
             f"Received: mode={views.mode!r}"
         )
     check_stream_args(deterministic, seed, skip_batches)
@@ -283,7 +286,7 @@ def check_batch_divides(global_batch_size: int, replicas: int, flag: str = "--tr
         )
 
 def training_views(config) -> Views:
-    """What the training pipeline yields: two views (pretraining), one (fine-tuning), or uint8 images."""
+    """What the training pipeline yields: two views (pretraining), one (fine-tuning, distillation), or uint8 images."""
     from tf_simclr.augment.spec import spec_from_config
 
     spec = spec_from_config(config.data, config.model.image_size)

@@ -234,6 +234,65 @@ class SubsetSource(BaseSource):
                                   seed=seed)
 
 
+class MaskedLabelSource(BaseSource):
+    """Every example of one split, with labels kept only for the chosen ones (-1 elsewhere).
+
+    Distillation with a labelled term (`--distill_label_weight > 0`) learns from all
+    images but from the labels of the `--train_label_fraction` share only, as
+    SimCLRv2's semi-supervised distillation does. Read in natural order (the
+    pipeline shuffles examples afterwards), since positions decide the labels.
+    """
+
+    def __init__(self, subset: SubsetSource):
+        if subset.indices is None:
+            raise ValueError(
+                "Distillation with --distill_label_weight > 0 keeps the labels of examples chosen by position; "
+                "these ids name files. Pass --train_label_fraction, or example indices in --train_subset_ids."
+            )
+        self.source, self.split, self.ids = subset.source, subset.split, subset.ids
+        self.indices = subset.indices
+        self.name, self.num_classes = subset.name, subset.num_classes
+        self.image_shape, self.class_names, self.splits = subset.image_shape, subset.class_names, subset.splits
+
+    def __repr__(self) -> str:
+        return f"MaskedLabelSource({self.name!r}, split={self.split!r}, labelled={len(self.indices)})"
+
+    check_split = SubsetSource.check_split
+
+    def is_labeled(self, split: str) -> bool:
+        self.check_split(split)
+        return self.source.is_labeled(split)
+
+    def num_examples(self, split: str) -> int:
+        self.check_split(split)
+        return self.source.num_examples(split)
+
+    def split_index(self, split: str, *, id_key: Optional[str] = None):
+        self.check_split(split)
+        labels, names = self.source.split_index(split, id_key=id_key)
+        kept = np.full_like(labels, -1)
+        kept[self.indices] = labels[self.indices]
+        return kept, names
+
+    def as_dataset(self, split: str, *, shuffle_files: bool = False, input_context=None, seed: Optional[int] = None):
+        """`(image, label)` of every example in natural order; label -1 unless the example was chosen."""
+        import tensorflow as tf
+
+        from tf_simclr.data.base import shard
+
+        self.check_split(split)
+        keep = np.zeros(self.source.num_examples(split), bool)
+        keep[self.indices] = True
+        keep = tf.constant(keep)
+
+        def mask(position, example):
+            image, label = example
+            return image, tf.where(keep[position], label, tf.constant(-1, label.dtype))
+
+        ds = self.source.as_dataset(split, shuffle_files=False).enumerate().map(mask)
+        return shard(ds, input_context)
+
+
 def subset_source(
     source,
     split: str,
@@ -308,16 +367,23 @@ def labelled_subset(config, source):
     fraction draw is stratified per class and fixed by `--subset_seed`, so two
     runs with the same seed see the same examples.
 
+    In distillation every image trains (SimCLRv2 distils on all of them) and the
+    flags choose which keep their labels (`MaskedLabelSource`).
+
     Returns:
-        `source` itself when neither flag is set, else a `subsets.SubsetSource`.
+        `source` itself when neither flag is set, else a `SubsetSource` (a
+        `MaskedLabelSource` in distillation).
     """
     from tf_simclr.config import check_label_subset
 
     t = config.train
     check_label_subset(t.train_label_fraction, t.train_subset_ids)
     split = config.data.train_split
+    chosen = source
     if t.train_subset_ids:
-        return subset_source(source, split, t.train_subset_ids)
-    if t.train_label_fraction and t.train_label_fraction < 1:
-        return subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
-    return source
+        chosen = subset_source(source, split, t.train_subset_ids)
+    elif t.train_label_fraction and t.train_label_fraction < 1:
+        chosen = subset_source(source, split, fraction=t.train_label_fraction, seed=t.subset_seed)
+    if t.train_mode == "distill" and chosen is not source:
+        return MaskedLabelSource(chosen)  # Distillation reads every image; only the chosen keep their labels.
+    return chosen

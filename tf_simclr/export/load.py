@@ -29,7 +29,7 @@ def _keras_file(folder: str) -> str:
     return local
 
 
-def _load_network(folder: str) -> keras.Model:
+def load_network(folder: str) -> keras.Model:
     from tf_simclr.augment import device  # noqa: F401  Registers the custom layers for deserialization.
     from tf_simclr.models import heads  # noqa: F401
     from tf_simclr.models.backbones import resnet  # noqa: F401
@@ -85,7 +85,7 @@ def load_encoder(path: str, trainable: bool = False, output_key: str = "default"
         images = keras.Input((None, None, 3), name="images")
         layer = SavedModelEncoder(folder, output_key=output_key, trainable=trainable, name="simclr_encoder")
         return keras.Model(images, layer(images), name=f"simclr_{output_key}")
-    network = _load_network(folder)
+    network = load_network(folder)
     key = DEFAULT_OUTPUT if output_key == "default" else output_key
     outputs = network.output
     if key not in outputs:
@@ -111,7 +111,7 @@ def restore_from_export(model, path: str) -> dict:
     from tf_simclr.storage.checkpoint import CheckpointMismatchError
 
     folder = resolve_export(path)
-    network = _load_network(folder)
+    network = load_network(folder)
     encoder = next(layer for layer in network.layers if isinstance(layer, keras.Model))
     projection_head = next(layer for layer in network.layers if isinstance(layer, ProjectionHead))
     pairs = [(encoder, model.encoder, "encoder"), (projection_head, model.projection_head, "projection_head")]

@@ -78,8 +78,44 @@ def check_config(config: Config) -> None:
         )
     if t.train_mode == "pretrain" and t.loss not in losses.LOSSES:
         raise ValueError(f"--loss={t.loss} is not a registered loss; choose one of {sorted(losses.LOSSES)}.")
+    if t.microbatch_size and t.train_mode != "pretrain":
+        raise ValueError(f"--microbatch_size chunks the contrastive loss of pretraining; --train_mode={t.train_mode} "
+                         "has none. Drop it (or pass --microbatch_size=0).")
+    if t.microbatch_size < 0:
+        raise ValueError(f"--microbatch_size must be >= 0 (0 = off). Received: {t.microbatch_size}")
+    if t.microbatch_size and _is_jax():
+        raise ValueError("--microbatch_size runs under the TensorFlow backend only so far; unset KERAS_BACKEND=jax "
+                         "or drop --microbatch_size.")
+    if t.train_mode == "distill":
+        _check_distill_flags(config)
+    elif t.teacher:
+        raise ValueError(f"--teacher is the teacher of --train_mode=distill; drop it or pass --train_mode=distill. "
+                         f"Received: --train_mode={t.train_mode}")
     if t.optimizer not in optimizers.OPTIMIZERS:
         raise ValueError(f"--optimizer={t.optimizer} is not a registered optimizer; choose one of {sorted(optimizers.OPTIMIZERS)}.")
+
+
+def _is_jax() -> bool:
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def _check_distill_flags(config: Config) -> None:
+    """Distillation's own flags, without reading the teacher (`_check_teacher` does, before work)."""
+    t = config.train
+    if not t.teacher:
+        raise ValueError("--train_mode=distill needs --teacher=<fine-tuned model_dir, ckpt-<step> folder, export or "
+                         "google-research/simclr SavedModel>: the classifier the student learns from.")
+    if t.distill_temperature <= 0:
+        raise ValueError(f"--distill_temperature must be > 0 (1.0 is SimCLRv2's). Received: {t.distill_temperature}")
+    if not 0 <= t.distill_label_weight <= 1:
+        raise ValueError(f"--distill_label_weight must be in [0, 1] (0 = distillation only). Received: "
+                         f"{t.distill_label_weight}")
+    if (t.train_label_fraction or t.train_subset_ids) and not t.distill_label_weight:
+        raise ValueError("--train_label_fraction/--train_subset_ids choose which labels distillation reads, but "
+                         "--distill_label_weight=0 reads none (every image is distilled); drop them, or pass "
+                         "--distill_label_weight > 0.")
 
 
 def _check_image_size(config: Config) -> None:
@@ -114,7 +150,10 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
     t, mode = config.train, config.run.mode
     training = mode in TRAINING_MODES
     if training:
+        from tf_simclr.steps.gradient_cache import check_microbatch
+
         check_batch_divides(t.train_batch_size, num_replicas)
+        check_microbatch(t.microbatch_size, t.train_batch_size // num_replicas)
     if mode == "eval" and t.train_mode == "pretrain" and not t.lineareval_while_pretraining and not config.run.feature_eval:
         raise ValueError(
             "--mode=eval has nothing to evaluate: --train_mode=pretrain with --lineareval_while_pretraining=false "
@@ -128,10 +167,33 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
     if training:
         _check_plan(config, source)
         _warn_ineffective_blur(config)
+    if training and t.train_mode == "distill":
+        _check_teacher(config, source)
     if training or mode == "export":
         _check_weights_source(config, source)
     elif mode == "eval":
         _check_reference_to_evaluate(config, source)
+
+
+def _check_teacher(config: Config, source) -> None:
+    """The teacher exists, is a classifier, and has the dataset's classes (metadata only)."""
+    from tf_simclr.models.teacher import describe_teacher
+
+    d, t = config.data, config.train
+    teacher = describe_teacher(t.teacher)
+    num_classes = getattr(source, "num_classes", 0) or 0
+    if num_classes and teacher.num_classes != num_classes:
+        raise ValueError(
+            f"--teacher={t.teacher} predicts {teacher.num_classes} classes, --dataset={d.dataset} has {num_classes}; "
+            "distil on the teacher's own classes (its dataset, or unlabelled images)."
+        )
+    labelled = source is not None and source.is_labeled(d.train_split)
+    if t.distill_label_weight and source is not None and not labelled:
+        raise ValueError(f"--distill_label_weight={t.distill_label_weight} needs labels, and --train_split="
+                         f"{d.train_split} of {d.dataset} has none; pass --distill_label_weight=0.")
+    if teacher.image_size and teacher.image_size != config.model.image_size:
+        log.warning("--teacher was trained at %d px; it sees the student's %d px views (--image_size).",
+                    teacher.image_size, config.model.image_size)
 
 
 def check_writable(flag: str, path: str) -> None:
@@ -244,7 +306,7 @@ def _check_weights_source(config: Config, source) -> None:
     elif kind == "export":
         _check_export_architecture(t.checkpoint, config)
     else:
-        model = factory.model_from_config(config, (num_classes or 2) if t.train_mode == "finetune" else None,
+        model = factory.model_from_config(config, (num_classes or 2) if t.train_mode != "pretrain" else None,
                                           plain_batch_norm=True)
         folder = ckpt_lib.resolve_checkpoint(t.checkpoint)
         _raise_on_mismatch(f"--checkpoint={t.checkpoint}", folder, model, ("supervised_head",), config)

@@ -2,6 +2,7 @@
 
     ntxent      NT-Xent, SimCLR's contrastive loss (`nt_xent`), with cross-replica negatives
     supervised  cross-entropy over labelled examples
+    distillation  SimCLRv2's teacher-to-student loss (`--train_mode=distill`)
 
 A pretraining loss is a class with `metric_names` and `__call__(outputs, labels)
 -> (loss, logs)` (see `ntxent.NTXent`); `register_loss(name, factory)` makes
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tf_simclr.losses.distillation import Distillation, distillation_loss
 from tf_simclr.losses.ntxent import NTXent, contrastive_loss, contrastive_metrics
 from tf_simclr.losses.supervised import supervised_loss
 
@@ -36,4 +38,4 @@ def build_loss(train_config):
 
 
 __all__ = ["LOSSES", "register_loss", "build_loss", "NTXent", "contrastive_loss", "contrastive_metrics",
-           "supervised_loss"]
+           "supervised_loss", "Distillation", "distillation_loss"]

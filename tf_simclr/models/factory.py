@@ -24,8 +24,8 @@ from tf_simclr.models.simclr import SimCLRModel
 
 
 def has_supervised_head(config: Config, num_classes: Optional[int]) -> bool:
-    """Fine-tuning trains a supervised head; pretraining has one with --lineareval_while_pretraining."""
-    wanted = config.train.train_mode == "finetune" or config.train.lineareval_while_pretraining
+    """Fine-tuning and distillation train a supervised head; pretraining has one with --lineareval_while_pretraining."""
+    wanted = config.train.train_mode in ("finetune", "distill") or config.train.lineareval_while_pretraining
     return bool(wanted and num_classes)
 
 
@@ -38,6 +38,8 @@ def build_model(
     zero_init_logits_layer: bool = False,
     skip_nonfinite: bool = False,
     device_augment: Optional[keras.layers.Layer] = None,
+    teacher: Optional[keras.Model] = None,
+    microbatch_size: int = 0,
 ) -> SimCLRModel:
     """Builds (and initializes) a SimCLR model from a `ModelConfig`.
 
@@ -45,15 +47,20 @@ def build_model(
         config: Encoder and head shapes.
         num_classes: Adds a supervised head with this many classes (needed for
             fine-tuning and for linear eval while pretraining). Defaults to None.
-        train_mode: 'pretrain' or 'finetune'.
-        objective: The pretraining loss; defaults to NT-Xent (temperature 0.1).
+        train_mode: 'pretrain', 'finetune' or 'distill'.
+        objective: The pretraining loss, defaults to NT-Xent (temperature 0.1);
+            in distillation, `losses.Distillation`, which it defaults to.
         zero_init_logits_layer: Start the supervised head at zero.
-        skip_nonfinite, device_augment: See `SimCLRModel`.
+        skip_nonfinite, device_augment, teacher, microbatch_size: See `SimCLRModel`.
     """
     if objective is None and train_mode == "pretrain":
         from tf_simclr.losses import NTXent
 
         objective = NTXent()
+    if objective is None and train_mode == "distill":
+        from tf_simclr.losses import Distillation
+
+        objective = Distillation()
     encoder = backbones.build_encoder(config)
     projection_head = ProjectionHead(
         mode=config.proj_head_mode, out_dim=config.proj_out_dim, num_layers=config.num_proj_layers,
@@ -65,6 +72,7 @@ def build_model(
     model = SimCLRModel(
         encoder, projection_head, supervised_head, objective=objective, train_mode=train_mode,
         ft_proj_selector=config.ft_proj_selector, skip_nonfinite=skip_nonfinite, device_augment=device_augment,
+        teacher=teacher, microbatch_size=microbatch_size,
     )
     if device_augment is not None:
         device_augment.build((None, None, None, 3))
@@ -73,7 +81,7 @@ def build_model(
 
 
 def model_from_config(config: Config, num_classes: Optional[int], *, plain_batch_norm: bool = False,
-                      device_augment: bool = False) -> SimCLRModel:
+                      device_augment: bool = False, teacher: Optional[keras.Model] = None) -> SimCLRModel:
     """The model a run's config describes, with its head and freezing rules applied.
 
     Args:
@@ -82,9 +90,8 @@ def model_from_config(config: Config, num_classes: Optional[int], *, plain_batch
         plain_batch_norm: Per-replica batch norm whatever `--global_bn` says (the
             same variables; for models built outside a strategy: exports, checks).
         device_augment: Add the `--augment_on=device` layer (pretraining runs only).
+        teacher: The frozen teacher of a distillation run that trains (`models.teacher`).
     """
-    from tf_simclr import losses
-
     t, model_config = config.train, config.model
     if plain_batch_norm:
         model_config = dataclasses.replace(model_config, global_bn=False)
@@ -99,24 +106,39 @@ def model_from_config(config: Config, num_classes: Optional[int], *, plain_batch
         model_config,
         num_classes=num_classes if has_supervised_head(config, num_classes) else None,
         train_mode=t.train_mode,
-        objective=losses.build_loss(t) if t.train_mode == "pretrain" else None,
+        objective=objective_from_config(t),
         zero_init_logits_layer=t.zero_init_logits_layer,
         skip_nonfinite=t.skip_nonfinite_steps,
         device_augment=augment_layer,
+        teacher=teacher,
+        microbatch_size=t.microbatch_size,
     )
     if t.train_mode == "finetune":
         freeze(model, config)
+    elif t.train_mode == "distill":
+        freeze_unused_head_layers(model, model_config.ft_proj_selector)
     return model
+
+
+def objective_from_config(train_config):
+    """What a run minimizes besides the supervised head: `--loss` in pretraining, distillation in `distill`."""
+    from tf_simclr import losses
+
+    if train_config.train_mode == "pretrain":
+        return losses.build_loss(train_config)
+    if train_config.train_mode == "distill":
+        return losses.Distillation.from_config(train_config)
+    return None
 
 
 def check_fine_tune_after_block(config: Config, num_stages: Optional[int] = None) -> None:
     """The one rule for --fine_tune_after_block: -1..stages-1, and only when fine-tuning."""
     k = config.train.fine_tune_after_block
     last = (num_stages - 1) if num_stages is not None else 4
-    if config.train.train_mode == "pretrain" and k > -1:
+    if config.train.train_mode != "finetune" and k > -1:
         raise ValueError(
             f"--fine_tune_after_block={k} freezes layers, which only --train_mode=finetune does; "
-            "use --fine_tune_after_block=-1 for pretraining."
+            f"use --fine_tune_after_block=-1 with --train_mode={config.train.train_mode}."
         )
     if not -1 <= k <= last:
         raise ValueError(
@@ -138,9 +160,14 @@ def freeze(model: SimCLRModel, config: Config) -> None:
     for stage in stages[: config.train.fine_tune_after_block + 1]:
         for layer in stage:
             layer.trainable = False
+    freeze_unused_head_layers(model, config.model.ft_proj_selector)
+
+
+def freeze_unused_head_layers(model: SimCLRModel, ft_proj_selector: int) -> None:
+    """Freezes the projection-head layers after the one that feeds the supervised head (fine-tuning, distillation)."""
     head = model.projection_head
     pairs = list(zip(head.dense_layers, head.bn_layers))
-    first_unused = config.model.ft_proj_selector % (len(pairs) + 1)
+    first_unused = ft_proj_selector % (len(pairs) + 1)
     for dense, bn in pairs[first_unused:]:
         dense.trainable = False
         bn.trainable = False

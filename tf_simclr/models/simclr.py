@@ -20,7 +20,7 @@ from tf_simclr import keras_internals
 from tf_simclr.distribute import replica
 from tf_simclr.losses import supervised_loss
 
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 # What `fit` logs besides the objective's own metrics.
 BASE_METRICS = ("total_loss", "sup_loss", "sup_acc", "weight_decay")
 
@@ -41,11 +41,13 @@ class SimCLRModel(keras.Model):
             (`models.backbones.build_encoder`).
         projection_head: `heads.ProjectionHead`.
         supervised_head: `heads.SupervisedHead` or None.
-        objective: The pretraining loss (`losses.build_loss`, e.g. `NTXent`);
-            None in fine-tuning.
+        objective: The pretraining loss (`losses.build_loss`, e.g. `NTXent`),
+            or in distillation `losses.Distillation`; None in fine-tuning.
         train_mode: 'pretrain' (the objective; the supervised head, if any,
-            learns on stop-gradient features: linear eval while pretraining) or
-            'finetune' (cross-entropy on the supervised head only).
+            learns on stop-gradient features: linear eval while pretraining),
+            'finetune' (cross-entropy on the supervised head only) or 'distill'
+            (the student's supervised head matches a frozen `teacher`'s logits on
+            the same views).
         ft_proj_selector: Which projection-head layer feeds the supervised head
             (0 = the encoder output, -1 = the head's output), as SimCLRv2.
         skip_nonfinite: Skip a step whose loss or gradients are NaN/inf on any
@@ -53,6 +55,13 @@ class SimCLRModel(keras.Model):
         device_augment: An `augment.device.DeviceAugment` layer: pretraining
             batches are then uint8 images the model turns into views on the
             accelerator (`--augment_on=device`).
+        teacher: Distillation's frozen `images -> logits` model
+            (`models.teacher.load_teacher`), run in inference mode and never
+            trained. Not one of `checkpoint_parts`: checkpoints and exports hold
+            the student only, and a resumed run loads the teacher again. Models
+            built to export or evaluate a student need none.
+        microbatch_size: Pretraining computes each replica's loss and gradient
+            in chunks of this many images (`steps.gradient_cache`); 0 = at once.
     """
 
     def __init__(
@@ -66,20 +75,29 @@ class SimCLRModel(keras.Model):
         ft_proj_selector: int = 0,
         skip_nonfinite: bool = False,
         device_augment: Optional[keras.layers.Layer] = None,
+        teacher: Optional[keras.Model] = None,
+        microbatch_size: int = 0,
         name: str = "simclr",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}. Received: train_mode={train_mode!r}")
-        if train_mode == "finetune" and supervised_head is None:
-            raise ValueError("train_mode='finetune' needs a supervised_head (the number of classes).")
-        if train_mode == "pretrain" and objective is None:
-            raise ValueError("train_mode='pretrain' needs an objective (e.g. losses.NTXent()).")
+        if train_mode != "pretrain" and supervised_head is None:
+            raise ValueError(f"train_mode={train_mode!r} needs a supervised_head (the number of classes).")
+        if train_mode != "finetune" and objective is None:
+            raise ValueError(f"train_mode={train_mode!r} needs an objective (e.g. losses.NTXent(), "
+                             "losses.Distillation()).")
         self.encoder = encoder
         self.projection_head = projection_head
         self.supervised_head = supervised_head
-        self.objective = objective if train_mode == "pretrain" else None
+        self.objective = objective if train_mode != "finetune" else None
+        if teacher is not None and train_mode != "distill":
+            raise ValueError(f"Only train_mode='distill' has a teacher. Received: train_mode={train_mode!r}")
+        if teacher is not None:
+            teacher.trainable = False
+        self.teacher = teacher
+        self.microbatch_size = int(microbatch_size) if train_mode == "pretrain" else 0
         self.train_mode = train_mode
         self.ft_proj_selector = ft_proj_selector
         self.device_augment = device_augment
@@ -87,7 +105,9 @@ class SimCLRModel(keras.Model):
         self.l2_weight_decay = 0.0
         # Ids, not a list: Keras would track a list of variables as new state.
         self._l2_decay_ids: frozenset = frozenset()
-        names = list(BASE_METRICS) + list(getattr(self.objective, "metric_names", ()))
+        base = [n for n in BASE_METRICS if train_mode != "distill" or not n.startswith("sup")]
+        chunked = ("replay_error",) if self.microbatch_size else ()
+        names = list(dict.fromkeys(base + list(getattr(self.objective, "metric_names", ())) + list(chunked)))
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self._nonfinite_steps = RunningTotal(name="nonfinite_steps")
         self._eval_trackers = {
@@ -165,12 +185,17 @@ class SimCLRModel(keras.Model):
             images = self.views(images)
             labels = ops.concatenate([labels, labels], axis=0)
         outputs = self(images, training=training)
+        if self.train_mode == "distill":
+            if self.teacher is None:
+                raise ValueError("train_mode='distill' trains only with a teacher: build the model with teacher=...")
+            # The teacher sees exactly the student's views, in inference mode (batch norm statistics fixed).
+            outputs["teacher_logits"] = ops.stop_gradient(self.teacher(images, training=False))
         total = ops.convert_to_tensor(0.0)
         if self.objective is not None:
             loss, objective_logs = self.objective(outputs, labels)
             logs.update(objective_logs)
             total = total + loss
-        if "logits_sup" in outputs:
+        if "logits_sup" in outputs and self.train_mode != "distill":  # Distillation weighs its labels itself.
             logs["sup_loss"], logs["sup_acc"] = supervised_loss(labels, outputs["logits_sup"])
             total = total + logs["sup_loss"]
         logs["weight_decay"] = self.weight_decay_loss()
@@ -211,7 +236,7 @@ class SimCLRModel(keras.Model):
         return results
 
     def _reports(self, name):
-        if name.startswith("sup"):
+        if name.startswith("sup") and self.train_mode != "distill":
             return self.supervised_head is not None
         return True
 

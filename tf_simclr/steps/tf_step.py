@@ -24,13 +24,16 @@ def train_step(model, data):
     saved_statistics = [tf.identity(v.value) for v in bn_statistics]  # Read before the forward pass.
     loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     iterations_before = tf.identity(optimizer.iterations.value) if loss_scaling else None
-    with tf.GradientTape() as tape:
-        total, logs = model.compute_losses(images, labels, training=True)
-        # Keras sums gradients over replicas; dividing gives the global-batch mean.
-        # A LossScaleOptimizer (float16) scales here and unscales in `apply`.
-        scaled = optimizer.scale_loss(total / replica.num_replicas())
     variables = model.trainable_variables
-    gradients = tape.gradient(scaled, variables)
+    if model.microbatch_size and model.train_mode == "pretrain":
+        total, logs, gradients = cached_gradients(model, images, labels, variables)
+    else:
+        with tf.GradientTape() as tape:
+            total, logs = model.compute_losses(images, labels, training=True)
+            # Keras sums gradients over replicas; dividing gives the global-batch mean.
+            # A LossScaleOptimizer (float16) scales here and unscales in `apply`.
+            scaled = optimizer.scale_loss(total / replica.num_replicas())
+        gradients = tape.gradient(scaled, variables)
     learning_rate = ops.cast(optimizer.learning_rate, "float32")  # The rate this step uses.
     finite = None
     if model.skip_nonfinite:
@@ -59,6 +62,75 @@ def train_step(model, data):
     if loss_scaling:
         results["loss_scale"] = ops.cast(optimizer.dynamic_scale, "float32")
     return for_keras_reduction(results)
+
+
+def cached_gradients(model, images, labels, variables):
+    """`(total, logs, gradients)` of one pretraining batch, computed in chunks (`steps.gradient_cache`).
+
+    The same values and gradients as the plain step's tape when batch norm is frozen
+    or absent; with batch norm in training mode, each chunk normalizes with its own
+    statistics (see `steps.gradient_cache`).
+    """
+    from tf_simclr.steps import gradient_cache as cache
+
+    optimizer, m = model.optimizer, model.microbatch_size
+    divide = float(replica.num_replicas())
+
+    def scale(loss):  # What the plain step does to its loss before the tape's gradient.
+        return optimizer.scale_loss(loss / divide)
+
+    views = model.views(images)  # Augmented once: both passes see these very views.
+    if images.shape[0] is None:
+        raise ValueError("--microbatch_size needs batches of a static size (a dataset batched with "
+                         "drop_remainder=True, as the training pipeline is).")
+    num_images = int(images.shape[0])
+    cache.check_microbatch(m, num_images)
+    labels = tf.cast(labels, tf.int32)
+    both = tf.concat([labels, labels], axis=0)
+    count = num_images // m
+    chunks = [cache.chunk_of(views, num_images, m, c) for c in range(count)]
+    chunk_labels = [cache.chunk_of(both, num_images, m, c) for c in range(count)]
+
+    # Pass 1: embeddings only, no tape; then the moving statistics go back (pass 2 moves them once).
+    statistics = model.batch_norm_statistics()
+    saved = [tf.identity(v.value) for v in statistics]
+    embedded = [tf.stop_gradient(model(chunk, training=True)["proj_head_output"]) for chunk in chunks]
+    with tf.control_dependencies(embedded):
+        for variable, value in zip(statistics, saved):
+            variable.assign(value)
+    hidden = tf.cast(cache.assemble(embedded, m), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        loss, logs = model.objective({"proj_head_output": hidden}, both)
+        scaled = scale(loss)
+    hidden_gradient = tape.gradient(scaled, hidden)
+
+    # Pass 2: each chunk again, back-propagating its share of the cached gradient.
+    num_labelled = tf.maximum(tf.reduce_sum(tf.cast(both >= 0, tf.float32)), 1.0)
+    gradients = [tf.zeros_like(v) for v in variables]
+    ce_sum = correct = replay = tf.constant(0.0)
+    for c in range(count):
+        with tf.GradientTape() as tape:
+            outputs = model(chunks[c], training=True)
+            value, chunk_ce, chunk_correct = cache.surrogate(
+                outputs, cache.chunk_of(hidden_gradient, num_images, m, c), chunk_labels[c], num_labelled, scale)
+        chunk_gradients = tape.gradient(value, variables)
+        gradients = [g if d is None else g + d for g, d in zip(gradients, chunk_gradients)]
+        ce_sum, correct = ce_sum + chunk_ce, correct + chunk_correct
+        difference = tf.cast(outputs["proj_head_output"], tf.float32) - tf.cast(embedded[c], tf.float32)
+        replay = tf.maximum(replay, tf.reduce_max(tf.abs(difference)))
+    with tf.GradientTape() as tape:
+        decay = model.weight_decay_loss()
+        scaled_decay = scale(decay)
+    decay_gradients = tape.gradient(scaled_decay, variables)
+    gradients = [g if d is None else g + d for g, d in zip(gradients, decay_gradients)]
+
+    total = loss + decay
+    if model.supervised_head is not None:
+        logs["sup_loss"], logs["sup_acc"] = ce_sum / num_labelled, correct / num_labelled
+        total = total + logs["sup_loss"]
+    logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
+    return total, logs, gradients
 
 
 def multi_step_function(model, force: bool = False):

@@ -315,7 +315,7 @@ def run_reports(config, source, plan) -> list:
         from tf_simclr.data import pipeline, subsets
 
         d = config.data
-        full = source.source if isinstance(source, subsets.SubsetSource) else source  # The whole splits.
+        full = source.source if isinstance(source, (subsets.SubsetSource, subsets.MaskedLabelSource)) else source  # The whole splits.
 
         def subset(split):
             ds = pipeline.eval_dataset(full, split, config.model.image_size, batch_size=250)

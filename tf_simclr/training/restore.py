@@ -17,8 +17,8 @@ from tf_simclr.storage import checkpoint as ckpt_lib
 log = logging.getLogger("tf_simclr")
 
 
-def weights_source_kind(path: str) -> str:
-    """'checkpoint', 'export' or 'reference' for a `--checkpoint` path; ValueError naming what is accepted otherwise."""
+def weights_source_kind(path: str, flag: str = "--checkpoint") -> str:
+    """'checkpoint', 'export' or 'reference' for a `--checkpoint` (or `--teacher`) path; ValueError naming what is accepted otherwise."""
     from tf_simclr.export import exports_dir
     from tf_simclr.reference import files as reference_files
     from tf_simclr.storage import fs
@@ -26,7 +26,7 @@ def weights_source_kind(path: str) -> str:
     if reference_files.is_reference(path):  # Before exports: the reference's SavedModels have saved_model.pb too.
         return "reference"
     if not fs.exists(path):
-        raise ValueError(f"--checkpoint={path} does not exist; pass a pretraining model_dir, a ckpt-<step> folder, "
+        raise ValueError(f"{flag}={path} does not exist; pass a pretraining model_dir, a ckpt-<step> folder, "
                          "an exported module or a google-research/simclr model (SavedModel, model_dir or ckpt-N).")
     if not ckpt_lib.checkpoint_steps(path) and exports_dir.is_export(path):
         return "export"
@@ -34,7 +34,7 @@ def weights_source_kind(path: str) -> str:
         ckpt_lib.resolve_checkpoint(path)
     except FileNotFoundError:
         raise ValueError(
-            f"--checkpoint={path} holds no tf_simclr checkpoint (ckpt-<step>/meta.json) nor exported module "
+            f"{flag}={path} holds no tf_simclr checkpoint (ckpt-<step>/meta.json) nor exported module "
             "(saved_model.pb); pass a pretraining model_dir, a ckpt-<step> folder or an exported module."
         ) from None
     return "checkpoint"

@@ -34,10 +34,14 @@ log = logging.getLogger("tf_simclr")
 FLAGS_FILE = "flags.json"  # The reference's name for the run's configuration.
 
 
-def compile_model(config: Config, num_classes: Optional[int], plan: Plan) -> SimCLRModel:
-    """The run's model with its optimizer, compiled (call inside `strategy.scope()`)."""
+def compile_model(config: Config, num_classes: Optional[int], plan: Plan, teacher=None) -> SimCLRModel:
+    """The run's model with its optimizer, compiled (call inside `strategy.scope()`).
+
+    `teacher` (distillation): the frozen `images -> logits` network the student learns from.
+    """
     t = config.train
-    model = factory.model_from_config(config, num_classes, device_augment=config.data.augment_on == "device")
+    model = factory.model_from_config(config, num_classes, device_augment=config.data.augment_on == "device",
+                                      teacher=teacher)
     decay = plan_weight_decay(model, t.weight_decay, optimizers_lib.uses_optimizer_weight_decay(t.optimizer))
     model.set_weight_decay(decay)
     learning_rate = schedules.WarmUpAndCosineDecay(plan.peak_learning_rate, plan.warmup_steps, plan.total_steps)
@@ -102,12 +106,18 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     # ---- Model and restore ------------------------------------------------------
     if chief:
         fs.makedirs(t.model_dir)
+    num_classes, teacher = source.num_classes or None, None
     with strategy.scope():
-        model = compile_model(config, source.num_classes or None, plan)
+        if t.train_mode == "distill":
+            from tf_simclr.models import teacher as teacher_lib
+
+            teacher, teacher_info = teacher_lib.load_teacher(t.teacher)
+            num_classes = teacher_info.num_classes  # The student learns the teacher's classes.
+        model = compile_model(config, num_classes, plan, teacher)
         start_step = restore_lib.restore(model, config, chief=chief)
     if chief:
         write_flags(config, t.model_dir)
-        if isinstance(source, subsets.SubsetSource):
+        if isinstance(source, (subsets.SubsetSource, subsets.MaskedLabelSource)):
             log.info("Recorded the %d training ids in %s", len(source.ids), subsets.record_subset(t.model_dir, source.ids))
     # The data stream resumes where the checkpoint left it (exactly so with --deterministic).
     dataset = datasets.distributed_dataset(config, source, strategy, config.data.train_split,
@@ -116,7 +126,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
 
     # ---- Fit --------------------------------------------------------------------
     period = plan.checkpoint_every
-    meta = {"config": config.to_dict(), "dataset": source.name, "num_classes": source.num_classes}
+    meta = {"config": config.to_dict(), "dataset": source.name, "num_classes": num_classes or 0}
     exporter = _Exporter(config, model, meta)
     verbose = t.verbose if (t.verbose != 1 or sys.stdout.isatty()) else 2
     with preemption.catch_sigterm() as sigterm:

@@ -58,8 +58,10 @@ def render(curve: dict, title: Optional[str] = None) -> bytes:
     from matplotlib import pyplot as plt
 
     train = curve.get("train") or []
-    pretraining = any("contrast_loss" in r for r in train)
-    loss_key, acc_key = ("contrast_loss", "contrast_acc") if pretraining else ("sup_loss", "sup_acc")
+    # The training objective's loss and accuracy: contrastive, distillation (agreement with the teacher), supervised.
+    kinds = [("contrast_loss", "contrast_acc", "contrastive"), ("distill_loss", "teacher_agreement", "distillation"),
+             ("sup_loss", "sup_acc", "supervised")]
+    loss_key, acc_key, kind = next((k for k in kinds if any(k[0] in r for r in train)), kinds[-1])
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
 
     ax = axes[0]
@@ -71,7 +73,7 @@ def render(curve: dict, title: Optional[str] = None) -> bytes:
     steps, values = _series(train, acc_key)
     twin.plot(steps, values, color="tab:orange", label=acc_key.replace("_", " "))
     twin.set_ylabel(acc_key.replace("_", " "), color="tab:orange")
-    ax.set_title("training " + ("(contrastive)" if pretraining else "(supervised)"))
+    ax.set_title(f"training ({kind})")
 
     ax = axes[1]
     steps, values = _series(curve.get("knn") or [], "knn_top_1")

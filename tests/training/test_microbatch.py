@@ -1,0 +1,168 @@
+"""`--microbatch_size` (gradient caching): the chunked step's loss and gradients against the unchunked ones.
+
+With batch norm frozen the chunked gradient equals the full-batch gradient; with
+batch norm training, a chunk of M images is one replica of a run without
+--global_bn, so the chunked step equals such a run on 2 logical CPUs; the moving
+statistics move once per chunk, as a second code path (the chunks run one after
+the other) computes them.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import helpers
+from tf_simclr import jobs
+from tf_simclr.models import build_model
+from tf_simclr.config import ModelConfig
+from tf_simclr.optim.optimizers import build_optimizer
+from tf_simclr.steps import tf_step
+from tf_simclr.storage import checkpoint as ckpt_lib
+from tf_simclr.training import trainer
+
+IMAGES, CHUNK, SIZE, CLASSES = 8, 2, 16, 3
+TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
+                   global_bn=False)
+
+
+def _batch(seed=0, images=IMAGES, unlabelled=True):
+    """Views and labels; some labels -1 unless compared across replicas (each replica averages its own labelled)."""
+    rng = np.random.default_rng(seed)
+    views = rng.random((images, SIZE, SIZE, 6), dtype=np.float32)
+    labels = rng.integers(-1 if unlabelled else 0, CLASSES, images).astype(np.int32)
+    return tf.constant(views), tf.constant(labels)
+
+
+def _model(microbatch, frozen_bn=False, model_config=TINY, seed=3):
+    keras.utils.set_random_seed(seed)
+    model = build_model(model_config, num_classes=CLASSES, microbatch_size=microbatch)
+    if frozen_bn:
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False  # Inference mode: no batch statistics.
+    optimizer = build_optimizer("momentum", 0.1, momentum=0.9)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def _plain(model, views, labels):
+    with tf.GradientTape() as tape:
+        total, logs = model.compute_losses(views, labels, training=True)
+    return total, logs, tape.gradient(total, model.trainable_variables)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_chunked_gradients_equal_full_batch_gradients_with_frozen_batch_norm(chunk):
+    views, labels = _batch()
+    plain_model, chunked_model = _model(0, frozen_bn=True), _model(chunk, frozen_bn=True)
+    total, logs, expected = tf.function(lambda: _plain(plain_model, views, labels))()
+    got_total, got_logs, got = tf.function(
+        lambda: tf_step.cached_gradients(chunked_model, views, labels, chunked_model.trainable_variables))()
+    np.testing.assert_allclose(float(got_total), float(total), rtol=1e-5)
+    for name in ("contrast_loss", "contrast_acc", "sup_loss", "sup_acc", "weight_decay"):
+        np.testing.assert_allclose(float(got_logs[name]), float(logs[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert float(got_logs["replay_error"]) == 0.0
+    nonzero = 0
+    for variable, g, e in zip(plain_model.trainable_variables, got, expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-6, err_msg=variable.path)
+        nonzero += float(np.max(np.abs(e.numpy()))) > 0
+    assert nonzero >= 8  # Stem, shortcuts, heads (residual branches start at zero: their last BN's gamma is 0).
+
+
+def test_chunks_normalize_like_replicas_without_global_batch_norm(two_cpu_strategy, tmp_path):
+    """One replica, chunks of 4 images == 2 replicas of 4 images with per-replica batch norm (2 steps)."""
+    batches = [_batch(seed, unlabelled=False) for seed in (1, 2)]
+    chunked = _model(IMAGES // 2)
+    ckpt_lib.save_checkpoint(str(tmp_path / "init"), 0, chunked)
+    with two_cpu_strategy.scope():
+        replicas = _model(0)
+    ckpt_lib.restore_checkpoint(str(tmp_path / "init"), replicas)
+    start = {v.path: np.array(v.numpy()) for v in chunked.trainable_variables}
+    data = tf.data.Dataset.from_tensor_slices((tf.stack([b[0] for b in batches]), tf.stack([b[1] for b in batches])))
+    chunked.fit(data, epochs=2, steps_per_epoch=1, verbose=0)
+    halves = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: data.unbatch().batch(IMAGES // 2, drop_remainder=True))
+    replicas.fit(halves, epochs=2, steps_per_epoch=1, verbose=0)
+    for a, b in zip(chunked.trainable_variables, replicas.trainable_variables):
+        moved = np.max(np.abs(a.numpy() - start[a.path]))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=0.02 * moved + 1e-7, err_msg=a.path)
+
+
+def test_moving_statistics_move_once_per_chunk():
+    views, labels = _batch(5)
+    model, sequential = _model(CHUNK), _model(0)
+    step = tf.function(lambda: tf_step.cached_gradients(model, views, labels, model.trainable_variables))
+    _, logs, _ = step()
+    assert float(logs["replay_error"]) == 0.0  # Pass 2 reproduced pass 1's embeddings exactly.
+    both = sequential.views(views)
+    from tf_simclr.steps import gradient_cache
+
+    for c in range(IMAGES // CHUNK):  # The second code path: each chunk once, in order.
+        sequential(gradient_cache.chunk_of(both, IMAGES, CHUNK, c), training=True)
+    got, expected = model.batch_norm_statistics(), sequential.batch_norm_statistics()
+    assert len(got) > 20
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    untouched = _model(0).batch_norm_statistics()
+    assert any(np.max(np.abs(a.numpy() - u.numpy())) > 1e-4 for a, u in zip(got, untouched))
+
+
+def test_two_replicas_chunked_equal_one_replica_unchunked_with_frozen_batch_norm(two_cpu_strategy, tmp_path):
+    views, labels = _batch(7, unlabelled=False)
+    plain = _model(0, frozen_bn=True)
+    ckpt_lib.save_checkpoint(str(tmp_path / "init"), 0, plain)
+    with two_cpu_strategy.scope():
+        chunked = _model(CHUNK, frozen_bn=True)
+    ckpt_lib.restore_checkpoint(str(tmp_path / "init"), chunked)
+    start = {v.path: np.array(v.numpy()) for v in plain.trainable_variables}
+    data = tf.data.Dataset.from_tensor_slices((views[None], labels[None]))
+    plain.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    halves = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: data.unbatch().batch(IMAGES // 2, drop_remainder=True))
+    chunked.fit(halves, epochs=1, steps_per_epoch=1, verbose=0)
+    for a, b in zip(plain.trainable_variables, chunked.trainable_variables):
+        moved = np.max(np.abs(a.numpy() - start[a.path]))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=0.02 * moved + 1e-7, err_msg=a.path)
+
+
+def test_a_chunk_that_does_not_divide_the_batch_fails_before_any_work(image_folder, tmp_path):
+    config = helpers.tiny_config(f"folder:{image_folder}", str(tmp_path / "run"), microbatch_size=3)
+    with pytest.raises(ValueError, match=r"--microbatch_size=3 must divide each replica's batch of 8"):
+        jobs.prepare(config)
+    with pytest.raises(ValueError, match="--microbatch_size chunks the contrastive loss of pretraining"):
+        jobs.prepare(config.replace(train={"microbatch_size": 4, "train_mode": "finetune", "checkpoint": "x"}))
+    assert not os.path.exists(tmp_path / "run")
+
+
+class CrashAfter(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_a_chunked_run_resumes_bit_identically(image_folder, tmp_path, augment_on):
+    def config(model_dir):
+        return helpers.tiny_config(f"folder:{image_folder}", str(tmp_path / model_dir), train_steps=4,
+                                   checkpoint_steps=2, microbatch_size=2, deterministic=True, seed=4,
+                                   data={"augment_on": augment_on})
+
+    logs = helpers.StepLogs()
+    trainer.train(config("whole"), callbacks=[logs])
+    assert logs.series("replay_error") == [0.0] * 4  # The second pass saw pass 1's very views.
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config("resumed"), callbacks=[CrashAfter(3)])  # Dies after step 3; ckpt-2 is on disk.
+    assert ckpt_lib.checkpoint_steps(str(tmp_path / "resumed")) == [2]
+    trainer.train(config("resumed"))
+    a = np.load(tmp_path / "whole" / "ckpt-4" / ckpt_lib.VARIABLES_FILE)
+    b = np.load(tmp_path / "resumed" / "ckpt-4" / ckpt_lib.VARIABLES_FILE)
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

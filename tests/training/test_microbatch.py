@@ -166,3 +166,30 @@ def test_a_chunked_run_resumes_bit_identically(image_folder, tmp_path, augment_o
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_under_jax_chunked_gradients_equal_full_batch_gradients(tmp_path):
+    """The JAX step (`jax_step.cached_gradients`), in a KERAS_BACKEND=jax subprocess."""
+    pytest.importorskip("jax")
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "jax.json"
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jax_microbatch_worker.py")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([helpers.REPO, os.environ.get("PYTHONPATH", "")])}  # This checkout's code.
+    proc = subprocess.run([sys.executable, worker, str(out)], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=helpers.REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    np.testing.assert_allclose(result["got_total"], result["total"], rtol=1e-5)
+    for name in ("contrast_loss", "contrast_acc", "sup_loss", "weight_decay"):
+        np.testing.assert_allclose(result["got_logs"][name], result["logs"][name], rtol=1e-5, atol=1e-7)
+    assert result["got_logs"]["replay_error"] == 0.0
+    for diff, scale in zip(result["diffs"], result["scales"]):
+        assert diff <= 1e-4 * scale + 1e-6, (diff, scale)
+    assert sum(scale > 0 for scale in result["scales"]) >= 8
+    fit_logs = result["fit_logs"]  # Batch norm training, through Keras's JAX trainer: pass 2 replays pass 1.
+    assert len(fit_logs) == 2 and all(logs["replay_error"] == 0.0 for logs in fit_logs)

@@ -83,9 +83,6 @@ def check_config(config: Config) -> None:
                          "has none. Drop it (or pass --microbatch_size=0).")
     if t.microbatch_size < 0:
         raise ValueError(f"--microbatch_size must be >= 0 (0 = off). Received: {t.microbatch_size}")
-    if t.microbatch_size and _is_jax():
-        raise ValueError("--microbatch_size runs under the TensorFlow backend only so far; unset KERAS_BACKEND=jax "
-                         "or drop --microbatch_size.")
     if t.train_mode == "distill":
         _check_distill_flags(config)
     elif t.teacher:
@@ -93,12 +90,6 @@ def check_config(config: Config) -> None:
                          f"Received: --train_mode={t.train_mode}")
     if t.optimizer not in optimizers.OPTIMIZERS:
         raise ValueError(f"--optimizer={t.optimizer} is not a registered optimizer; choose one of {sorted(optimizers.OPTIMIZERS)}.")
-
-
-def _is_jax() -> bool:
-    import keras
-
-    return keras.backend.backend() == "jax"
 
 
 def _check_distill_flags(config: Config) -> None:

@@ -21,7 +21,8 @@ largest difference as `replay_error`); the moving averages are restored after
 pass 1, so they move once per chunk, in pass 2. With `--global_bn` each chunk's
 statistics are synchronized across replicas (chunk c of every replica together).
 
-Backend-neutral pieces live here; `steps.tf_step` and `steps.jax_step` run the passes.
+Backend-neutral pieces live here; `steps.tf_step.cached_gradients` and
+`steps.jax_step.cached_gradients` run the passes.
 """
 
 from __future__ import annotations

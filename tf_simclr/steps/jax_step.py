@@ -37,7 +37,11 @@ def train_step(model, state, data):
         scaled, _ = stateless(lambda: optimizer.scale_loss(total), optimizer_state, [])
         return scaled, (total, logs, updated)
 
-    (_, (total, logs, new_non_trainable)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
+    if model.microbatch_size and model.train_mode == "pretrain":
+        total, logs, gradients, new_non_trainable = cached_gradients(
+            model, trainable, non_trainable, optimizer_state, images, labels)
+    else:
+        (_, (total, logs, new_non_trainable)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
     learning_rate, _ = stateless(lambda: ops.cast(optimizer.learning_rate, "float32"), optimizer_state, [])
     new_trainable, new_optimizer = optimizer.stateless_apply(optimizer_values, gradients, trainable)
     finite = None
@@ -66,6 +70,85 @@ def train_step(model, state, data):
                              list(zip(optimizer.variables, new_optimizer)), [])
         results["loss_scale"] = scale
     return results, (new_trainable, new_non_trainable, new_optimizer, new_metrics)
+
+
+def cached_gradients(model, trainable, non_trainable, optimizer_state, images, labels):
+    """`(total, logs, gradients, new non-trainable values)` of one pretraining batch, in chunks.
+
+    The TensorFlow step's `cached_gradients` (`steps.gradient_cache`), stateless: pass 1
+    discards its batch-norm updates instead of restoring them, and pass 2 threads the
+    moving statistics from chunk to chunk.
+    """
+    import jax
+
+    from tf_simclr.steps import gradient_cache as cache
+
+    m = model.microbatch_size
+    variables, others = model.trainable_variables, model.non_trainable_variables
+
+    def state(trainable_values, non_trainable_values):
+        return list(zip(variables, trainable_values)) + list(zip(others, non_trainable_values))
+
+    def scale(loss):
+        return stateless(lambda: model.optimizer.scale_loss(loss), optimizer_state, [])[0]
+
+    # Augmented once (its seed state moves here): both passes see these very views.
+    views, current = stateless(lambda: model.views(images), state(trainable, non_trainable), others)
+    if images.shape[0] is None:
+        raise ValueError("--microbatch_size needs batches of a static size.")
+    num_images = int(images.shape[0])
+    cache.check_microbatch(m, num_images)
+    both = ops.concatenate([ops.cast(labels, "int32")] * 2, axis=0)
+    count = num_images // m
+    chunks = [cache.chunk_of(views, num_images, m, c) for c in range(count)]
+    chunk_labels = [cache.chunk_of(both, num_images, m, c) for c in range(count)]
+
+    embedded = [  # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk).
+        jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
+                                        state(trainable, current), [])[0])
+        for chunk in chunks
+    ]
+    hidden = ops.cast(cache.assemble(embedded, m), "float32")
+
+    def full_loss(h):
+        (loss, logs), _ = stateless(lambda: model.objective({"proj_head_output": h}, both),
+                                    state(trainable, current), [])
+        return scale(loss), (loss, logs)
+
+    (_, (loss, logs)), hidden_gradient = jax.value_and_grad(full_loss, has_aux=True)(hidden)
+    num_labelled = ops.maximum(ops.sum(ops.cast(both >= 0, "float32")), 1.0)
+    gradients = [ops.zeros_like(v) for v in trainable]
+    ce_sum = correct = replay = ops.convert_to_tensor(0.0)
+    for c in range(count):  # Pass 2.
+        def chunk_loss(trainable_values, c=c, current=current):
+            def run():
+                outputs = model(chunks[c], training=True)
+                value, chunk_ce, chunk_correct = cache.surrogate(
+                    outputs, cache.chunk_of(hidden_gradient, num_images, m, c), chunk_labels[c], num_labelled, scale)
+                return value, (chunk_ce, chunk_correct, outputs["proj_head_output"])
+
+            (value, aux), updated = stateless(run, state(trainable_values, current), others)
+            return value, (aux, updated)
+
+        (_, ((chunk_ce, chunk_correct, z), current)), chunk_gradients = jax.value_and_grad(
+            chunk_loss, has_aux=True)(trainable)
+        gradients = [g + d for g, d in zip(gradients, chunk_gradients)]
+        ce_sum, correct = ce_sum + chunk_ce, correct + chunk_correct
+        replay = ops.maximum(replay, ops.max(ops.abs(ops.cast(z, "float32") - ops.cast(embedded[c], "float32"))))
+
+    def decay_loss(trainable_values):
+        decay, _ = stateless(model.weight_decay_loss, state(trainable_values, current), [])
+        return scale(decay), decay
+
+    (_, decay), decay_gradients = jax.value_and_grad(decay_loss, has_aux=True)(trainable)
+    gradients = [g + d for g, d in zip(gradients, decay_gradients)]
+    total = loss + decay
+    logs = dict(logs)
+    if model.supervised_head is not None:
+        logs["sup_loss"], logs["sup_acc"] = ce_sum / num_labelled, correct / num_labelled
+        total = total + logs["sup_loss"]
+    logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
+    return total, logs, gradients, current
 
 
 def test_step(model, state, data):

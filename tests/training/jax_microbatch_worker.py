@@ -1,0 +1,81 @@
+"""The JAX half of tests/training/test_microbatch.py: `KERAS_BACKEND=jax python jax_microbatch_worker.py OUT.json`.
+
+Not a test module. Builds the tiny model with frozen batch norm, takes the full-batch
+gradient (`jax.value_and_grad` of `compute_losses`) and the chunked one
+(`steps.jax_step.cached_gradients`) of one batch, then trains one chunked step through
+`fit` with batch norm training, and writes the differences and logs as JSON.
+"""
+
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tf_simclr.config import ModelConfig  # noqa: E402
+from tf_simclr.models import build_model  # noqa: E402
+from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
+from tf_simclr.steps import jax_step  # noqa: E402
+
+SIZE, IMAGES, CHUNK = 16, 8, 2
+TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
+                   global_bn=False)
+
+
+def model(microbatch, frozen):
+    keras.utils.set_random_seed(3)
+    m = build_model(TINY, num_classes=3, microbatch_size=microbatch)
+    if frozen:
+        for layer in m._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    optimizer = build_optimizer("momentum", 0.1, momentum=0.9)
+    m.compile(optimizer=optimizer, jit_compile=True)
+    optimizer.build(m.trainable_variables)
+    return m
+
+
+def main(out):
+    rng = np.random.default_rng(0)
+    views = rng.random((IMAGES, SIZE, SIZE, 6), dtype=np.float32)
+    labels = rng.integers(-1, 3, IMAGES).astype(np.int32)
+    plain, chunked = model(0, True), model(CHUNK, True)
+    trainable = [v.value for v in plain.trainable_variables]
+    others = [v.value for v in plain.non_trainable_variables]
+
+    def loss(values):
+        (total, logs), _ = jax_step.stateless(lambda: plain.compute_losses(views, labels, training=True),
+                                              list(zip(plain.trainable_variables, values))
+                                              + list(zip(plain.non_trainable_variables, others)), [])
+        return total, logs
+
+    (total, logs), expected = jax.jit(jax.value_and_grad(loss, has_aux=True))(trainable)
+    optimizer_state = list(zip(chunked.optimizer.variables, [v.value for v in chunked.optimizer.variables]))
+    got_total, got_logs, got, _ = jax.jit(lambda t, n: jax_step.cached_gradients(
+        chunked, t, n, optimizer_state, views, labels))(trainable, others)
+    diffs = [float(np.max(np.abs(np.asarray(g) - np.asarray(e)))) for g, e in zip(got, expected)]
+    scales = [float(np.max(np.abs(np.asarray(e)))) for e in expected]
+
+    training = model(CHUNK, False)
+    recorded = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            recorded.append({k: float(np.asarray(v)) for k, v in logs.items()})
+
+    import tensorflow as tf  # tf.data only.
+
+    training.fit(tf.data.Dataset.from_tensors((views, labels)).repeat(), epochs=1, steps_per_epoch=2, verbose=0,
+                 callbacks=[Record()])
+    with open(out, "w") as f:
+        json.dump({"total": float(total), "got_total": float(got_total),
+                   "logs": {k: float(v) for k, v in logs.items()}, "got_logs": {k: float(v) for k, v in got_logs.items()},
+                   "diffs": diffs, "scales": scales, "fit_logs": recorded}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

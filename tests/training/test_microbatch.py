@@ -73,6 +73,18 @@ def test_chunked_gradients_equal_full_batch_gradients_with_frozen_batch_norm(chu
     assert nonzero >= 8  # Stem, shortcuts, heads (residual branches start at zero: their last BN's gamma is 0).
 
 
+def _assert_same_training(single, mirrored, data, steps, strategy):
+    """Fits `single` on `data` and `mirrored` on its halves (one per replica); weights agree to 2% of their movement."""
+    start = {v.path: np.array(v.numpy()) for v in single.trainable_variables}
+    single.fit(data, epochs=steps, steps_per_epoch=1, verbose=0)
+    halves = strategy.distribute_datasets_from_function(
+        lambda ctx: data.unbatch().batch(IMAGES // 2, drop_remainder=True))
+    mirrored.fit(halves, epochs=steps, steps_per_epoch=1, verbose=0)
+    for a, b in zip(single.trainable_variables, mirrored.trainable_variables):
+        moved = np.max(np.abs(a.numpy() - start[a.path]))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=0.02 * moved + 1e-7, err_msg=a.path)
+
+
 def test_chunks_normalize_like_replicas_without_global_batch_norm(two_cpu_strategy, tmp_path):
     """One replica, chunks of 4 images == 2 replicas of 4 images with per-replica batch norm (2 steps)."""
     batches = [_batch(seed, unlabelled=False) for seed in (1, 2)]
@@ -81,14 +93,8 @@ def test_chunks_normalize_like_replicas_without_global_batch_norm(two_cpu_strate
     with two_cpu_strategy.scope():
         replicas = _model(0)
     ckpt_lib.restore_checkpoint(str(tmp_path / "init"), replicas)
-    start = {v.path: np.array(v.numpy()) for v in chunked.trainable_variables}
     data = tf.data.Dataset.from_tensor_slices((tf.stack([b[0] for b in batches]), tf.stack([b[1] for b in batches])))
-    chunked.fit(data, epochs=2, steps_per_epoch=1, verbose=0)
-    halves = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: data.unbatch().batch(IMAGES // 2, drop_remainder=True))
-    replicas.fit(halves, epochs=2, steps_per_epoch=1, verbose=0)
-    for a, b in zip(chunked.trainable_variables, replicas.trainable_variables):
-        moved = np.max(np.abs(a.numpy() - start[a.path]))
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=0.02 * moved + 1e-7, err_msg=a.path)
+    _assert_same_training(chunked, replicas, data, 2, two_cpu_strategy)
 
 
 def test_moving_statistics_move_once_per_chunk():
@@ -117,14 +123,8 @@ def test_two_replicas_chunked_equal_one_replica_unchunked_with_frozen_batch_norm
     with two_cpu_strategy.scope():
         chunked = _model(CHUNK, frozen_bn=True)
     ckpt_lib.restore_checkpoint(str(tmp_path / "init"), chunked)
-    start = {v.path: np.array(v.numpy()) for v in plain.trainable_variables}
     data = tf.data.Dataset.from_tensor_slices((views[None], labels[None]))
-    plain.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
-    halves = two_cpu_strategy.distribute_datasets_from_function(lambda ctx: data.unbatch().batch(IMAGES // 2, drop_remainder=True))
-    chunked.fit(halves, epochs=1, steps_per_epoch=1, verbose=0)
-    for a, b in zip(plain.trainable_variables, chunked.trainable_variables):
-        moved = np.max(np.abs(a.numpy() - start[a.path]))
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=0.02 * moved + 1e-7, err_msg=a.path)
+    _assert_same_training(plain, chunked, data, 1, two_cpu_strategy)
 
 
 def test_a_chunk_that_does_not_divide_the_batch_fails_before_any_work(image_folder, tmp_path):

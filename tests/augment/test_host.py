@@ -9,6 +9,8 @@ import tensorflow as tf
 from scipy import stats
 
 from tf_simclr.augment import host as A
+from tf_simclr.augment import host_blur as B
+from tf_simclr.augment import host_color as C
 from tf_simclr.augment.spec import GRAY_WEIGHTS, AugmentSpec
 
 DRAWS = 2000
@@ -54,14 +56,14 @@ S16_BLUR = AugmentSpec(16, blur=True)
 AUGMENTATIONS = {
     "crop": (lambda x: A.random_crop_with_resize(x, AugmentSpec(12)), (12, 12, 3), False),
     "flip": (lambda x: A.random_flip(A.to_float_rgb(x)), (24, 20, 3), True),
-    "jitter": (lambda x: A.color_jitter(A.to_float_rgb(x), S16), (24, 20, 3), True),
+    "jitter": (lambda x: C.color_jitter(A.to_float_rgb(x), S16), (24, 20, 3), True),
     "jitter_v1": (
-        lambda x: A.color_jitter(A.to_float_rgb(x), AugmentSpec(16, color_jitter_strength=0.5, impl="simclrv1")),
+        lambda x: C.color_jitter(A.to_float_rgb(x), AugmentSpec(16, color_jitter_strength=0.5, impl="simclrv1")),
         (24, 20, 3), True,
     ),
-    "distortion": (lambda x: A.random_color_distortion(A.to_float_rgb(x), S16), (24, 20, 3), True),
-    "gray": (lambda x: A.to_grayscale(A.to_float_rgb(x)), (24, 20, 3), True),
-    "blur": (lambda x: A.random_blur(A.to_float_rgb(x), AugmentSpec(24, blur_probability=1.0)), (24, 20, 3), True),
+    "distortion": (lambda x: C.random_color_distortion(A.to_float_rgb(x), S16), (24, 20, 3), True),
+    "gray": (lambda x: C.to_grayscale(A.to_float_rgb(x)), (24, 20, 3), True),
+    "blur": (lambda x: B.random_blur(A.to_float_rgb(x), AugmentSpec(24, blur_probability=1.0)), (24, 20, 3), True),
     "center": (lambda x: A.center_crop(x, 16, 16), (16, 16, 3), False),
     "train": (lambda x: A.preprocess_for_train(x, S16_BLUR), (16, 16, 3), True),
     "train_plain": (lambda x: A.preprocess_for_train(x, S16, color_distort=False), (16, 16, 3), True),
@@ -110,7 +112,7 @@ def test_unknown_channel_count_in_dataset():
 
 def test_blur_with_unknown_width_in_a_graph():
     blur = tf.function(
-        lambda x: A.gaussian_blur(x, 1.0, 3), input_signature=[tf.TensorSpec([8, None, 3])]
+        lambda x: B.gaussian_blur(x, 1.0, 3), input_signature=[tf.TensorSpec([8, None, 3])]
     )
     image = _colourful(8)
     np.testing.assert_allclose(blur(image), _numpy_blur(image, 1.0, 3), atol=1e-6)
@@ -123,7 +125,7 @@ def test_tiny_images_do_not_fail():
     out = _in_dataset(lambda x: A.pretrain_views(x, AugmentSpec(2, blur=True)), one_pixel)
     assert out[0].shape == (2, 2, 6)
     image = tf.constant(_colourful(16))  # Output size 16: kernel radius 0, blur is the identity.
-    np.testing.assert_array_equal(A.random_blur(image, AugmentSpec(16, blur_probability=1.0)), image)
+    np.testing.assert_array_equal(B.random_blur(image, AugmentSpec(16, blur_probability=1.0)), image)
 
 
 @pytest.mark.parametrize(
@@ -134,8 +136,8 @@ def test_tiny_images_do_not_fail():
         (lambda: A.to_float_rgb(np.zeros((4, 4, 4), np.uint8)), "channels"),
         (lambda: A.to_float_rgb(np.zeros((4, 4), np.uint8)), r"\[H, W, C\]"),
         (lambda: A.pretrain_views(_uint8(), AugmentSpec(8), num_views=0), "num_views"),
-        (lambda: A.gaussian_blur(_colourful(), 1.0, 2.5), "kernel_size"),
-        (lambda: A.random_color_distortion(_colourful()[..., :2], S16), r"\[H, W, 3\]"),
+        (lambda: B.gaussian_blur(_colourful(), 1.0, 2.5), "kernel_size"),
+        (lambda: C.random_color_distortion(_colourful()[..., :2], S16), r"\[H, W, 3\]"),
     ],
 )
 def test_errors_name_the_bad_value(call, match):
@@ -147,7 +149,7 @@ def test_errors_name_the_bad_value(call, match):
     "call",
     [
         lambda: A.preprocess_for_train(_uint8(), 16),
-        lambda: A.color_jitter(_colourful(), 1.0),
+        lambda: C.color_jitter(_colourful(), 1.0),
         lambda: A.random_crop_with_resize(_uint8(), {"image_size": 8}),
     ],
 )
@@ -165,7 +167,7 @@ def distortion_draws():
     """2000 colour distortions of one colourful 16 px image, inside tf.data."""
     tf.random.set_seed(1)
     image = _colourful()
-    return image, _in_dataset(lambda x: A.random_color_distortion(x, S16), image, DRAWS, batch=500)
+    return image, _in_dataset(lambda x: C.random_color_distortion(x, S16), image, DRAWS, batch=500)
 
 
 def test_grayscale_share(distortion_draws):
@@ -185,9 +187,9 @@ def test_plan_draws_are_uniform_over_orders():
     """The inverse-CDF draw of the 50 colour plans: jitter 0.8 in 24 equally likely orders,
     grayscale 0.2, independently."""
     n = 48_000
-    plans, probabilities = A.distortion_plans(S16)
+    plans, probabilities = C.distortion_plans(S16)
     assert len(plans) == 50 and math.isclose(sum(probabilities), 1.0, abs_tol=1e-9)
-    index = A._plan_index(probabilities, tf.random.stateless_uniform([n], [0, 1])).numpy()
+    index = C._plan_index(probabilities, tf.random.stateless_uniform([n], [0, 1])).numpy()
     drawn = [plans[i] for i in index]
     jitter = np.array(["b" in plan for plan in drawn])
     gray = np.array(["g" in plan for plan in drawn])
@@ -197,14 +199,14 @@ def test_plan_draws_are_uniform_over_orders():
     expected = jitter.sum() / 24
     chi2 = sum((count - expected) ** 2 / expected for count in orders)
     assert chi2 < 60, orders  # 23 degrees of freedom: P(chi2 > 60) < 1e-4.
-    edges = A._plan_index(probabilities, tf.constant([0.0, 0.99999994])).numpy()
+    edges = C._plan_index(probabilities, tf.constant([0.0, 0.99999994])).numpy()
     assert edges[0] == 0 and edges[1] == len(plans) - 1
 
 
 def test_plan_probabilities_follow_the_spec():
     """Non-default probabilities in the spec change the plan weights (nothing hard-coded)."""
     spec = AugmentSpec(16, jitter_probability=0.5, grayscale_probability=0.4)
-    plans, probabilities = A.distortion_plans(spec)
+    plans, probabilities = C.distortion_plans(spec)
     p = dict(zip(plans, probabilities))
     assert p[()] == pytest.approx(0.5 * 0.6) and p[("g",)] == pytest.approx(0.5 * 0.4)
     assert p[tuple("bcsh")] == pytest.approx(0.5 / 24 * 0.6) and p[tuple("hscb") + ("g",)] == pytest.approx(0.5 / 24 * 0.4)
@@ -273,12 +275,12 @@ def test_crop_of_whole_image_is_a_bicubic_resize():
 def test_blur_share_and_sigma_per_image():
     tf.random.set_seed(5)
     image = _colourful(32)  # Kernel size 3: three taps.
-    out = _in_dataset(lambda x: A.random_blur(x, AugmentSpec(32)), image, DRAWS, batch=500)
+    out = _in_dataset(lambda x: B.random_blur(x, AugmentSpec(32)), image, DRAWS, batch=500)
     blurred = ~np.all(out == image, axis=(1, 2, 3))
     assert _binomial_ok(blurred.sum(), DRAWS, 0.5), blurred.mean()
     # Identical images in one batch must get different sigmas (the reference draws one per batch).
     ds = tf.data.Dataset.from_tensors(_colourful(64)).repeat(8)
-    ds = ds.map(lambda x: A.random_blur(x, AugmentSpec(64, blur_probability=1.0)))
+    ds = ds.map(lambda x: B.random_blur(x, AugmentSpec(64, blur_probability=1.0)))
     batch = next(iter(ds.batch(8))).numpy()
     assert len({row.tobytes() for row in batch}) >= 7
 
@@ -292,16 +294,16 @@ def test_brightness_factor_range_v2_and_v1():
         v1_spec = AugmentSpec(16, color_jitter_strength=strength, impl="simclrv1")
         for u in (0.0, 0.3, 0.999):
             uniforms = tf.constant([u, 0.0, 0.0, 0.0])
-            v2 = A._run_plan(image, uniforms, ("b",), v2_spec, True).numpy()
+            v2 = C._run_plan(image, uniforms, ("b",), v2_spec, True).numpy()
             factor = max(1 - b, 0.0) + (1 + b - max(1 - b, 0.0)) * u
             np.testing.assert_allclose(v2, np.clip(image * factor, 0, 1), atol=1e-6)
-            v1 = A._run_plan(image, uniforms, ("b",), v1_spec, True).numpy()
+            v1 = C._run_plan(image, uniforms, ("b",), v1_spec, True).numpy()
             np.testing.assert_allclose(v1, np.clip(image + (-b + 2 * b * u), 0, 1), atol=1e-6)
 
 
 def test_brightness_factors_cover_their_range():
     tf.random.set_seed(6)
-    factors = np.array([float(A._jitter_factors(tf.random.uniform([4]), S16)["b"]) for _ in range(300)])
+    factors = np.array([float(C._jitter_factors(tf.random.uniform([4]), S16)["b"]) for _ in range(300)])
     assert factors.min() >= 0.2 and factors.max() <= 1.8
     assert factors.min() < 0.3 and factors.max() > 1.7
 
@@ -323,7 +325,7 @@ def _numpy_blur(image, sigma, kernel_size):
 @pytest.mark.parametrize("kernel_size, sigma", [(7, 1.3), (6, 0.7), (3, 2.0), (1, 1.0), (0, 1.0)])
 def test_gaussian_blur_matches_numpy(kernel_size, sigma):
     image = np.random.default_rng(7).uniform(size=(20, 24, 3)).astype(np.float32)
-    out = A.gaussian_blur(image, sigma, kernel_size).numpy()
+    out = B.gaussian_blur(image, sigma, kernel_size).numpy()
     np.testing.assert_allclose(out, _numpy_blur(image, sigma, kernel_size), atol=1e-5)
 
 
@@ -368,11 +370,11 @@ def test_eval_view_crops_centrally_only_above_32_pixels(size):
 
 def test_grayscale_equal_channels_and_luma():
     image = np.random.default_rng(8).uniform(size=(17, 19, 3)).astype(np.float32)
-    for out in (A.to_grayscale(image).numpy(), _in_dataset(A.to_grayscale, image)[0]):
+    for out in (C.to_grayscale(image).numpy(), _in_dataset(C.to_grayscale, image)[0]):
         np.testing.assert_array_equal(out[..., 0], out[..., 1])
         np.testing.assert_array_equal(out[..., 0], out[..., 2])
         np.testing.assert_allclose(out[..., 0], image @ LUMA, atol=1e-6)
-    np.testing.assert_allclose(A.to_grayscale(image)[..., :1], tf.image.rgb_to_grayscale(image), atol=1e-6)
+    np.testing.assert_allclose(C.to_grayscale(image)[..., :1], tf.image.rgb_to_grayscale(image), atol=1e-6)
 
 
 def _tf_image_jitter(image, order, factors):
@@ -394,13 +396,13 @@ def test_every_jitter_order_matches_tf_image_composition():
     uniforms = tf.constant([0.9, 0.2, 0.7, 0.1])
     # The factors from the uniforms by the spec's ranges, computed here (not by the module).
     factors = {"b": 0.2 + 1.6 * 0.9, "c": 0.2 + 1.6 * 0.2, "s": 0.2 + 1.6 * 0.7, "h": -0.2 + 0.4 * 0.1}
-    got = {k: float(v) for k, v in A._jitter_factors(uniforms, S16).items()}
+    got = {k: float(v) for k, v in C._jitter_factors(uniforms, S16).items()}
     assert got == pytest.approx(factors, abs=1e-6)
-    branches = A._plan_functions(A._ORDERS, S16, True)
-    assert len(A._ORDERS) == 24
-    for order, branch in zip(A._ORDERS, branches):
+    branches = C._plan_functions(C._ORDERS, S16, True)
+    assert len(C._ORDERS) == 24
+    for order, branch in zip(C._ORDERS, branches):
         expected = _tf_image_jitter(image, order, factors).numpy()
-        eager = A._run_plan(image, uniforms, order, S16, True)
+        eager = C._run_plan(image, uniforms, order, S16, True)
         np.testing.assert_allclose(eager, expected, atol=2e-6)
         np.testing.assert_allclose(branch(image, uniforms), expected, atol=2e-6)
 
@@ -408,25 +410,25 @@ def test_every_jitter_order_matches_tf_image_composition():
 def test_distortion_without_jitter_keeps_overshoot_then_grays():
     """Like the reference: grayscale of the unclipped image, clipped only at the end."""
     image = tf.image.resize(_uint8(9, 11) / 255, [16, 16], "bicubic")
-    gray = A._run_plan(image, tf.zeros([4]), ("g",), S16, False).numpy()
+    gray = C._run_plan(image, tf.zeros([4]), ("g",), S16, False).numpy()
     assert gray.min() < 0 or gray.max() > 1
     luma = image.numpy() @ LUMA
     np.testing.assert_allclose(gray[..., 0], luma, atol=1e-6)
-    clipped = A._run_plan(image, tf.zeros([4]), ("g",), S16, True).numpy()
+    clipped = C._run_plan(image, tf.zeros([4]), ("g",), S16, True).numpy()
     np.testing.assert_array_equal(clipped, np.clip(gray, 0, 1))
 
 
 def test_zero_strength_jitter_only_clips():
     image = tf.image.resize(_uint8(9, 11) / 255, [16, 16], "bicubic")
     spec = AugmentSpec(16, color_jitter_strength=0.0)
-    np.testing.assert_array_equal(A.color_jitter(image, spec), tf.clip_by_value(image, 0.0, 1.0))
+    np.testing.assert_array_equal(C.color_jitter(image, spec), tf.clip_by_value(image, 0.0, 1.0))
 
 
 def test_strong_jitter_is_clamped_not_rejected():
     spec = AugmentSpec(16, color_jitter_strength=3.0)
-    out = A.color_jitter(_colourful(), spec).numpy()  # The reference raises above 1.25.
+    out = C.color_jitter(_colourful(), spec).numpy()  # The reference raises above 1.25.
     assert out.min() >= 0 and out.max() <= 1
-    factors = A._jitter_factors(tf.constant([0.0, 0.0, 0.0, 0.999]), spec)
+    factors = C._jitter_factors(tf.constant([0.0, 0.0, 0.0, 0.999]), spec)
     assert float(factors["c"]) == 0.0 and float(factors["h"]) <= 0.5
 
 
@@ -462,7 +464,7 @@ def test_strength_zero_view_equals_the_crop_resized_by_tf_image():
     for i in range(12):
         seed = tf.constant([5, i], tf.int64)
         view = A.preprocess_for_train(image, spec, seed=seed).numpy()
-        begin, size = (t.numpy() for t in A.sample_crop_box(tf.shape(image), spec, seed=A.fold_seed(seed, A._CROP_TAG)))
+        begin, size = (t.numpy() for t in A.sample_crop_box(tf.shape(image), spec, seed=A.fold_seed(seed, A.CROP_TAG)))
         crop = image[begin[0]:begin[0] + size[0], begin[1]:begin[1] + size[1]].astype(np.float32) / 255
         resized = np.clip(tf.image.resize(crop, [16, 16], "bicubic").numpy(), 0, 1)
         flipped = resized[:, ::-1]

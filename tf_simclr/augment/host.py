@@ -13,14 +13,14 @@ except:
 * Colour-jitter factor ranges are clamped to valid values (`AugmentSpec.jitter_ranges`).
 * Rounding only: uint8 images are resized before scaling to [0, 1], the flip
   happens before the resize, and clips that can only remove rounding error
-  are skipped (see `_run_plan`).
+  are skipped (see `host_color._run_plan`).
 
 Speed matters because the input pipeline feeds every training step (see
 `benchmarks/augment_benchmark.py`), so the hot path avoids work the reference
 does: uint8 images are cropped and flipped *before* conversion to float, the
 flip is a branch-free reverse, grayscale is one small matmul, and the whole
 colour distortion of a view is one of 50 straight-line "plans" run by a single
-`Case` op (see `_random_plan`) instead of nested `tf.cond`s. The price is a
+`Case` op (`augment.host_color`) instead of nested `tf.cond`s. The price is a
 one-off start-up cost: a new iterator instantiates the 50 branch functions
 (about 0.2 s per view on 2 CPU cores).
 
@@ -35,19 +35,13 @@ deterministic=True)` relies on). Both ways draw from the same distribution.
 
 from __future__ import annotations
 
-import functools
-import itertools
-from typing import Callable, Sequence
-
 import tensorflow as tf
 
-from tf_simclr.augment.spec import EVAL_CROP_PROPORTION, GRAY_WEIGHTS, AugmentSpec
-
-_GRAY_MATRIX = [[w] * 3 for w in GRAY_WEIGHTS]  # Equal columns: 3 equal channels.
-# Tags that derive the independent sub-seeds of one seed (any distinct ints work).
-_CROP_TAG, _FLIP_TAG, _COLOR_TAG, _BLUR_TAG = 1, 2, 3, 4
-_APPLY_TAG, _SIGMA_TAG = 5, 6
-_VIEW_TAG_BASE = 100  # View i of `pretrain_views` uses tag 100 + i.
+from tf_simclr.augment.host_blur import gaussian_blur, random_blur  # noqa: F401  Part of this module's API.
+from tf_simclr.augment.host_color import color_jitter, random_color_distortion, to_grayscale  # noqa: F401
+from tf_simclr.augment.seeds import (  # noqa: F401
+    BLUR_TAG, COLOR_TAG, CROP_TAG, FLIP_TAG, VIEW_TAG_BASE, as_seed, fold_seed, maybe_fold, random_apply, uniform)
+from tf_simclr.augment.spec import EVAL_CROP_PROPORTION, AugmentSpec, check_spec
 
 
 def _check_size(height: int, width: int) -> None:
@@ -56,43 +50,6 @@ def _check_size(height: int, width: int) -> None:
             "height and width must be positive Python ints. "
             f"Received: height={height!r}, width={width!r}"
         )
-
-
-def _check_spec(spec) -> AugmentSpec:
-    if not isinstance(spec, AugmentSpec):
-        raise TypeError(f"Expected an augment.AugmentSpec. Received: {type(spec).__name__}")
-    return spec
-
-
-def _as_seed(seed) -> tf.Tensor:
-    """A stateless-op seed as int64 `[2]`, so int32 and int64 seeds give the same draws."""
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer or not seed.shape.is_compatible_with([2]):
-        raise ValueError(
-            "seed must be an integer tensor of shape [2], as tf.random.stateless_* ops take "
-            f"(or None for stateful draws). Received: dtype={seed.dtype.name}, shape={seed.shape}"
-        )
-    return tf.ensure_shape(tf.cast(seed, tf.int64), [2])
-
-
-def fold_seed(seed, tag) -> tf.Tensor:
-    """A new int64 `[2]` seed from `seed` and an integer `tag` (op, view or example index).
-
-    Distinct tags give distinct seeds whose stateless draws are independent
-    (`tf.random.experimental.stateless_fold_in`).
-    """
-    return tf.random.experimental.stateless_fold_in(_as_seed(seed), tf.cast(tag, tf.int64))
-
-
-def _uniform(shape, seed, minval=0.0, maxval=1.0) -> tf.Tensor:
-    """float32 uniforms: stateful when `seed` is None, else stateless from `seed`."""
-    if seed is None:
-        return tf.random.uniform(shape, minval, maxval)
-    return tf.random.stateless_uniform(shape, _as_seed(seed), minval, maxval)
-
-
-def _maybe_fold(seed, tag):
-    return None if seed is None else fold_seed(seed, tag)
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -190,7 +147,7 @@ def sample_crop_box(image_shape: tf.Tensor, spec: AugmentSpec, target_aspect_rat
     if seed is None:  # A stateful draw: follows tf.random.set_seed.
         seed = tf.random.uniform([2], 0, 2**31 - 1, tf.int32)
     else:
-        seed = _as_seed(seed)
+        seed = as_seed(seed)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -222,7 +179,7 @@ def random_crop_with_resize(image: tf.Tensor, spec: AugmentSpec, seed=None) -> t
     Returns:
         float32 `[S, S, 3]`, not clipped (bicubic can overshoot [0, 1]).
     """
-    _check_spec(spec)
+    check_spec(spec)
     image = tf.convert_to_tensor(image)
     begin, size = sample_crop_box(tf.shape(image), spec, seed=seed)
     return _to_rgb(_resize_to_float(_crop(image, begin, size), spec.image_size, spec.image_size))
@@ -239,274 +196,7 @@ def _flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
 
 def random_flip(image: tf.Tensor, p: float = 0.5, seed=None) -> tf.Tensor:
     """Flips an image `[H, W, C]` left-right with probability `p` (optional `[2]` seed)."""
-    return _flip_if(image, _uniform([], seed) < p)
-
-
-def random_apply(
-    fn: Callable[[tf.Tensor], tf.Tensor], p: float, x: tf.Tensor, seed=None
-) -> tf.Tensor:
-    """Returns `fn(x)` with probability `p`, else `x`.
-
-    `seed` (optional `[2]` integers) decides only whether `fn` runs; a random
-    `fn` needs its own, different seed.
-    """
-    if p >= 1:
-        return fn(x)
-    if p <= 0:
-        return x
-    return tf.cond(_uniform([], seed) < p, lambda: fn(x), lambda: x)
-
-
-def to_grayscale(image: tf.Tensor) -> tf.Tensor:
-    """Luma grayscale (the weights of `tf.image.rgb_to_grayscale`) in 3 equal channels.
-
-    One `[H*W, 3] x [3, 3]` matmul whose columns are equal: several times
-    faster than a reduction over the channel axis followed by a tile, and every
-    output channel comes out of the same dot product.
-    """
-    image = tf.convert_to_tensor(image)
-    gray = tf.reshape(image, [-1, 3]) @ tf.constant(_GRAY_MATRIX, image.dtype)
-    return tf.reshape(gray, tf.shape(image))
-
-
-def _jitter_factors(uniforms: tf.Tensor, spec: AugmentSpec) -> dict:
-    """Brightness, contrast, saturation and hue parameters from 4 uniforms in [0, 1).
-
-    The ranges are the spec's (`AugmentSpec.jitter_ranges`); an op whose range
-    is empty (strength 0) maps to None.
-    """
-    ranges = spec.jitter_ranges()
-    low = [lo for lo, _ in ranges]
-    span = [hi - lo for lo, hi in ranges]
-    values = tf.unstack(tf.constant(low) + tf.constant(span) * uniforms)
-    return {name: (v if w else None) for name, v, w in zip("bcsh", values, span)}
-
-
-def _color_op(name: str, image: tf.Tensor, factor: tf.Tensor, impl: str) -> tf.Tensor:
-    if name == "b":  # simclrv2 brightness is multiplicative, simclrv1's additive.
-        return image * factor if impl == "simclrv2" else image + factor
-    if name == "c":
-        return tf.raw_ops.AdjustContrastv2(images=image, contrast_factor=factor)
-    if name == "s":
-        return tf.raw_ops.AdjustSaturation(images=image, scale=factor)
-    if name == "h":
-        return tf.raw_ops.AdjustHue(images=image, delta=factor)
-    return to_grayscale(image)
-
-
-def _run_plan(image, uniforms, plan: tuple, spec: AugmentSpec, clip_output: bool):
-    """Applies the colour ops named in `plan` ("b", "c", "s", "h", "g") in order.
-
-    Clips like the reference (after each jitter op, not after grayscale),
-    except where the clip can only remove rounding error: saturation, hue and
-    disabled ops map [0, 1] into [0, 1], so they skip it once the image is known
-    to be in range. `clip_output` guarantees [0, 1] at the end.
-    """
-    factors = _jitter_factors(uniforms, spec)
-    in_range = clipped = False  # Bicubic resizing overshoots [0, 1].
-    for name in plan:
-        if name == "g" or factors[name] is not None:
-            image, clipped = _color_op(name, image, factors.get(name), spec.impl), False
-        preserves_range = name in "sh" or factors.get(name) is None
-        if name != "g" and not (in_range and preserves_range):
-            image, in_range, clipped = tf.clip_by_value(image, 0.0, 1.0), True, True
-    if clip_output and not clipped:
-        image = tf.clip_by_value(image, 0.0, 1.0)
-    return image
-
-
-@functools.lru_cache(maxsize=None)
-def _plan_functions(plans: tuple, spec: AugmentSpec, clip_output: bool) -> list:
-    """One traced function per plan: the branches of a `Case` op.
-
-    Traced once per process and spec, in `tf.init_scope` so that no device
-    scope or control dependency of the first caller's graph sticks to them.
-    """
-    signature = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([4], tf.float32)]
-
-    def traced(plan):
-        def run(image, uniforms):
-            return _run_plan(image, uniforms, plan, spec, clip_output)
-
-        return tf.function(run, input_signature=signature, autograph=False).get_concrete_function()
-
-    with tf.init_scope():
-        return [traced(plan) for plan in plans]
-
-
-def _plan_index(probabilities: Sequence[float], uniforms: tf.Tensor) -> tf.Tensor:
-    """Maps uniforms in [0, 1) to plan indices drawn with `probabilities` (inverse CDF)."""
-    cdf = list(itertools.accumulate(probabilities))[:-1] + [1.0]  # Exactly 1: index < len.
-    return tf.searchsorted(tf.constant(cdf, tf.float32), uniforms, side="right")
-
-
-def _random_plan(image, plans: tuple, probabilities: tuple, spec: AugmentSpec, clip_output: bool,
-                 seed=None) -> tf.Tensor:
-    """Runs one plan of `plans`, drawn with `probabilities`, on `image`.
-
-    In a graph (tf.data) this is a `Case` op over traced functions, which
-    runs only the drawn branch. `tf.cond` and `tf.switch_case` are lowered to
-    switch/merge ops there, so every op of every untaken branch still costs
-    scheduling time: 24 orders written that way were slower than the
-    reference's nested conds. Eagerly the drawn plan simply runs.
-    """
-    _check_spec(spec)
-    image = tf.convert_to_tensor(image, tf.float32)
-    if image.shape.rank != 3 or image.shape[-1] not in (3, None):
-        raise ValueError(
-            f"Colour ops need an RGB image [H, W, 3]. Received: image.shape={image.shape}"
-        )
-    image = tf.ensure_shape(image, [None, None, 3]) if image.shape[-1] is None else image
-    draws = _uniform([5], seed)  # The plan, then the 4 jitter factors.
-    index = _plan_index(probabilities, draws[:1])[0]
-    if tf.executing_eagerly():
-        return _run_plan(image, draws[1:], plans[int(index)], spec, clip_output)
-    branches = _plan_functions(plans, spec, clip_output)
-    return tf.raw_ops.Case(branch_index=index, input=[image, draws[1:]], Tout=[tf.float32],
-                           branches=branches, output_shapes=[image.shape])[0]
-
-
-_ORDERS = tuple(itertools.permutations("bcsh"))  # The 24 jitter orders, equally likely.
-
-
-def distortion_plans(spec: AugmentSpec) -> tuple[tuple, tuple]:
-    """The 50 straight-line colour plans and their probabilities under `spec`.
-
-    Jitter (with `jitter_probability`, one of the 24 orders) or not, then
-    grayscale (with `grayscale_probability`) or not.
-    """
-    plans = tuple(order + gray for gray in ((), ("g",)) for order in _ORDERS + ((),))
-    p_jitter, p_gray = spec.jitter_probability, spec.grayscale_probability
-    probabilities = tuple(
-        (p_jitter / len(_ORDERS) if "b" in plan else 1.0 - p_jitter) * (p_gray if "g" in plan else 1.0 - p_gray)
-        for plan in plans
-    )
-    return plans, probabilities
-
-
-def color_jitter(image: tf.Tensor, spec: AugmentSpec, seed=None) -> tf.Tensor:
-    """Random brightness, contrast, saturation and hue in a uniformly random order.
-
-    The image is clipped to [0, 1] after each step as in the reference (see
-    `_run_plan` for the clips that are skipped as no-ops).
-
-    Args:
-        image: float32 RGB image `[H, W, 3]`.
-        spec: The augmentation spec (jitter ranges, impl).
-        seed: Optional `[2]` integer seed (see the module docstring).
-
-    Returns:
-        float32 `[H, W, 3]` in [0, 1].
-    """
-    return _random_plan(image, _ORDERS, (1 / len(_ORDERS),) * len(_ORDERS), spec, clip_output=True, seed=seed)
-
-
-def random_color_distortion(image: tf.Tensor, spec: AugmentSpec, *, clip_output: bool = False,
-                            seed=None) -> tf.Tensor:
-    """Colour jitter with the spec's probability (0.8), then grayscale with its probability (0.2).
-
-    Equal in distribution to `random_apply(color_jitter, 0.8)` followed by
-    `random_apply(to_grayscale, 0.2)`, drawn as one of 50 straight-line plans.
-
-    Args:
-        image: float32 RGB image `[H, W, 3]`.
-        spec: The augmentation spec.
-        clip_output: Clip the result to [0, 1] (else, as the reference, an
-            image without jitter keeps the resize's overshoot).
-        seed: Optional `[2]` integer seed (see the module docstring).
-
-    Returns:
-        float32 `[H, W, 3]`.
-    """
-    plans, probabilities = distortion_plans(spec)
-    return _random_plan(image, plans, probabilities, spec, clip_output, seed=seed)
-
-
-def gaussian_kernel(sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
-    """Normalized 1-D Gaussian of 2 * (kernel_size // 2) + 1 taps, as the reference."""
-    radius = kernel_size // 2
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    weights = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
-    return weights / tf.reduce_sum(weights)
-
-
-def _blur_axis_by_shifts(image: tf.Tensor, weights: tf.Tensor, radius: int, axis: int) -> tf.Tensor:
-    """1-D symmetric convolution along `axis` (0 or 1) as a sum of zero-filled shifts."""
-    taps = tf.unstack(weights)
-    length = image.shape[axis] if image.shape[axis] is not None else tf.shape(image)[axis]
-    pad, size = [[0, 0]] * 3, [-1] * 3
-    pad[axis], size[axis] = [radius, radius], length
-    padded = tf.pad(image, pad)
-
-    def shifted(offset):
-        return tf.slice(padded, [offset if a == axis else 0 for a in range(3)], size)
-
-    out = taps[radius] * image
-    for i in range(1, radius + 1):  # The kernel is symmetric: pair the two shifts.
-        out += taps[radius + i] * (shifted(radius - i) + shifted(radius + i))
-    return out
-
-
-def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
-    """Separable Gaussian blur with 'SAME' zero padding (edges darken, as the reference).
-
-    Filters of up to 5 taps are sums of shifted images (3x faster than a
-    depthwise convolution at 32 px); longer ones use `tf.nn.depthwise_conv2d`.
-
-    Args:
-        image: float32 image `[H, W, C]`.
-        sigma: Standard deviation in pixels (scalar, may be a tensor).
-        kernel_size: Python int; the filter has 2 * (kernel_size // 2) + 1 taps,
-            so sizes 0 and 1 leave the image unchanged.
-
-    Returns:
-        float32 `[H, W, C]`.
-    """
-    if not isinstance(kernel_size, int) or kernel_size < 0:
-        raise ValueError(
-            f"kernel_size must be a Python int >= 0. Received: kernel_size={kernel_size!r}"
-        )
-    image = tf.convert_to_tensor(image, tf.float32)
-    radius = kernel_size // 2
-    if radius == 0:
-        return image
-    weights = gaussian_kernel(sigma, kernel_size)
-    if radius <= 2:
-        rows = _blur_axis_by_shifts(image, weights, radius, axis=1)
-        return _blur_axis_by_shifts(rows, weights, radius, axis=0)
-    taps, channels = 2 * radius + 1, image.shape[-1]
-    kernel = tf.tile(weights[:, tf.newaxis, tf.newaxis], [1, channels, 1])
-    horizontal = tf.reshape(kernel, [1, taps, channels, 1])
-    vertical = tf.reshape(kernel, [taps, 1, channels, 1])
-    batch = tf.nn.depthwise_conv2d(image[tf.newaxis], horizontal, [1] * 4, "SAME")
-    batch = tf.nn.depthwise_conv2d(batch, vertical, [1] * 4, "SAME")
-    return batch[0]
-
-
-def random_blur(image: tf.Tensor, spec: AugmentSpec, seed=None) -> tf.Tensor:
-    """Gaussian blur with the spec's probability, sigma uniform in its range per image.
-
-    The kernel has `spec.blur_kernel_size` (image_size // 10) taps, so images
-    under 20 px are never changed. A blurred image is clipped to [0, 1], as the
-    reference's batch blur does.
-
-    Args:
-        image: float32 image `[H, W, C]`.
-        spec: The augmentation spec.
-        seed: Optional `[2]` integer seed (see the module docstring).
-
-    Returns:
-        float32 `[H, W, C]`.
-    """
-    kernel_size = spec.blur_kernel_size
-    if kernel_size // 2 == 0:  # A one-tap kernel: the identity.
-        return image
-
-    def blur(x):
-        sigma = _uniform([], _maybe_fold(seed, _SIGMA_TAG), *spec.blur_sigma_range)
-        return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size), 0.0, 1.0)
-
-    return random_apply(blur, spec.blur_probability, image, seed=_maybe_fold(seed, _APPLY_TAG))
+    return _flip_if(image, uniform([], seed) < p)
 
 
 def _crop_shape(image_height, image_width, aspect_ratio: float, crop_proportion: float):
@@ -573,21 +263,21 @@ def preprocess_for_train(
     Returns:
         float32 `[S, S, 3]` in [0, 1].
     """
-    _check_spec(spec)
+    check_spec(spec)
     size = spec.image_size
     image = tf.convert_to_tensor(image)
     if crop:
-        box = sample_crop_box(tf.shape(image), spec, seed=_maybe_fold(seed, _CROP_TAG))
+        box = sample_crop_box(tf.shape(image), spec, seed=maybe_fold(seed, CROP_TAG))
         image = _crop(image, *box)
     if flip:
-        image = random_flip(image, spec.flip_probability, seed=_maybe_fold(seed, _FLIP_TAG))
+        image = random_flip(image, spec.flip_probability, seed=maybe_fold(seed, FLIP_TAG))
     image = resize(image, size, size)
     if spec.color_distort if color_distort is None else color_distort:
-        image = random_color_distortion(image, spec, clip_output=True, seed=_maybe_fold(seed, _COLOR_TAG))
+        image = random_color_distortion(image, spec, clip_output=True, seed=maybe_fold(seed, COLOR_TAG))
     else:
         image = tf.clip_by_value(image, 0.0, 1.0)
     if spec.blur if blur is None else blur:
-        image = random_blur(image, spec, seed=_maybe_fold(seed, _BLUR_TAG))
+        image = random_blur(image, spec, seed=maybe_fold(seed, BLUR_TAG))
     return image
 
 
@@ -640,5 +330,5 @@ def pretrain_views(image: tf.Tensor, spec: AugmentSpec, *, num_views: int = 2, s
     """
     if not isinstance(num_views, int) or num_views < 1:
         raise ValueError(f"num_views must be an int >= 1. Received: num_views={num_views!r}")
-    views = [preprocess_for_train(image, spec, seed=_maybe_fold(seed, _VIEW_TAG_BASE + i)) for i in range(num_views)]
+    views = [preprocess_for_train(image, spec, seed=maybe_fold(seed, VIEW_TAG_BASE + i)) for i in range(num_views)]
     return tf.concat(views, -1)

@@ -107,6 +107,13 @@ class AugmentSpec:
         return self.image_size >= MIN_EVAL_CROP_IMAGE_SIZE
 
 
+def check_spec(spec) -> AugmentSpec:
+    """`spec`, if it is an `AugmentSpec` (a clear error for anything else)."""
+    if not isinstance(spec, AugmentSpec):
+        raise TypeError(f"Expected an augment.AugmentSpec. Received: {type(spec).__name__}")
+    return spec
+
+
 def spec_from_config(data_config, image_size: int, **overrides) -> AugmentSpec:
     """The pretraining spec a run's `DataConfig` describes (at the model's `image_size`)."""
     values = dict(

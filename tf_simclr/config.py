@@ -113,6 +113,11 @@ class TrainConfig:
                                   "gradient in chunks of this many images per replica (gradient caching: memory of "
                                   "one chunk's activations, all 2N-2 negatives kept); each chunk's batch norm uses "
                                   "its own statistics. 0 = off.", ours=True)
+    microbatch_bn: str = option("paired", "--microbatch_size: which rows a chunk holds, hence shares batch-norm "
+                                "statistics with: 'paired' (both views of its images, as one replica without "
+                                "--global_bn) or 'shifted' (view 1 of its images, view 2 of the next chunk's, so "
+                                "no chunk holds both views of an image).", choices=("paired", "shifted"),
+                                ours=True)
     train_epochs: int = option(100, "Number of epochs to train for.")
     train_steps: int = option(0, "Number of steps to train for. If provided, overrides train_epochs.")
     eval_batch_size: int = option(256, "Batch size for eval.")

@@ -20,7 +20,7 @@ import helpers
 pytestmark = pytest.mark.slow
 GLIBC_SIGNS = ("malloc", "corrupted", "double free", "free():", "Segmentation fault", "Fatal glibc error")
 WIDTHS = (0.0625, 0.125, 0.1875, 0.25)
-SIZES = (96, 192, 224)
+SIZES = (96, 224)  # Below and inside the sizes that aborted (192 px and up).
 
 
 def _check(done):
@@ -32,7 +32,7 @@ def _check(done):
 def test_pretraining_sweep_over_widths_image_sizes_and_batch_parity(tmp_path):
     folder = helpers_folder(tmp_path)
     # Every width at every size; odd and even batches alternate so both parities meet every width and size.
-    cases = [(w, s, 7 if i % 2 else 8) for i, (w, s) in enumerate(itertools.product(WIDTHS, SIZES))]
+    cases = [(w, s, 7 if (i + j) % 2 else 8) for (i, w), (j, s) in itertools.product(enumerate(WIDTHS), enumerate(SIZES))]
     script = textwrap.dedent("""
         import sys
         import tf_simclr

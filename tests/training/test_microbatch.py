@@ -19,7 +19,7 @@ from tf_simclr import jobs
 from tf_simclr.models import build_model
 from tf_simclr.config import ModelConfig
 from tf_simclr.optim.optimizers import build_optimizer
-from tf_simclr.steps import tf_step
+from tf_simclr.steps import gradient_cache, tf_step
 from tf_simclr.storage import checkpoint as ckpt_lib
 from tf_simclr.training import trainer
 
@@ -36,9 +36,9 @@ def _batch(seed=0, images=IMAGES, unlabelled=True):
     return tf.constant(views), tf.constant(labels)
 
 
-def _model(microbatch, frozen_bn=False, model_config=TINY, seed=3):
+def _model(microbatch, frozen_bn=False, model_config=TINY, seed=3, batch_norm="paired"):
     keras.utils.set_random_seed(seed)
-    model = build_model(model_config, num_classes=CLASSES, microbatch_size=microbatch)
+    model = build_model(model_config, num_classes=CLASSES, microbatch_size=microbatch, microbatch_bn=batch_norm)
     if frozen_bn:
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -55,10 +55,30 @@ def _plain(model, views, labels):
     return total, logs, tape.gradient(total, model.trainable_variables)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 4])
-def test_chunked_gradients_equal_full_batch_gradients_with_frozen_batch_norm(chunk):
+def _chunk_rows(chunk, index, shift):
+    """Rows of a chunk, counted here: view 1 of images [cM, (c+1)M), view 2 of those `shift` chunks on."""
+    count = IMAGES // chunk
+    second = (index + shift) % count
+    return [index * chunk + i for i in range(chunk)] + [IMAGES + second * chunk + i for i in range(chunk)]
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_chunks_and_their_assembly_take_the_rows_counted_independently(shift):
+    rows = np.arange(2 * IMAGES)
+    chunks = [gradient_cache.chunk_of(rows, IMAGES, CHUNK, c, shift) for c in range(IMAGES // CHUNK)]
+    for c, chunk in enumerate(chunks):
+        np.testing.assert_array_equal(np.asarray(chunk), _chunk_rows(CHUNK, c, shift))
+    np.testing.assert_array_equal(np.asarray(gradient_cache.assemble(chunks, CHUNK, shift)), rows)
+    if shift:  # No chunk holds both views of one image.
+        assert all(not set(r % IMAGES for r in c[:CHUNK]) & set(r % IMAGES for r in c[CHUNK:])
+                   for c in map(np.asarray, chunks))
+
+
+@pytest.mark.parametrize("chunk,batch_norm", [(1, "paired"), (2, "paired"), (4, "paired"), (2, "shifted"),
+                                              (4, "shifted")])
+def test_chunked_gradients_equal_full_batch_gradients_with_frozen_batch_norm(chunk, batch_norm):
     views, labels = _batch()
-    plain_model, chunked_model = _model(0, frozen_bn=True), _model(chunk, frozen_bn=True)
+    plain_model, chunked_model = _model(0, frozen_bn=True), _model(chunk, frozen_bn=True, batch_norm=batch_norm)
     total, logs, expected = tf.function(lambda: _plain(plain_model, views, labels))()
     got_total, got_logs, got = tf.function(
         lambda: tf_step.cached_gradients(chunked_model, views, labels, chunked_model.trainable_variables))()
@@ -97,17 +117,18 @@ def test_chunks_normalize_like_replicas_without_global_batch_norm(two_cpu_strate
     _assert_same_training(chunked, replicas, data, 2, two_cpu_strategy)
 
 
-def test_moving_statistics_move_once_per_chunk():
+@pytest.mark.parametrize("batch_norm", ["paired", "shifted"])
+def test_moving_statistics_move_once_per_chunk(batch_norm):
+    """...and each chunk's statistics are those of the rows its layout names (counted here)."""
     views, labels = _batch(5)
-    model, sequential = _model(CHUNK), _model(0)
+    model, sequential = _model(CHUNK, batch_norm=batch_norm), _model(0)
     step = tf.function(lambda: tf_step.cached_gradients(model, views, labels, model.trainable_variables))
     _, logs, _ = step()
     assert float(logs["replay_error"]) == 0.0  # Pass 2 reproduced pass 1's embeddings exactly.
-    both = sequential.views(views)
-    from tf_simclr.steps import gradient_cache
-
+    both = sequential.views(views).numpy()
+    shift = {"paired": 0, "shifted": 1}[batch_norm]
     for c in range(IMAGES // CHUNK):  # The second code path: each chunk once, in order.
-        sequential(gradient_cache.chunk_of(both, IMAGES, CHUNK, c), training=True)
+        sequential(both[_chunk_rows(CHUNK, c, shift)], training=True)
     got, expected = model.batch_norm_statistics(), sequential.batch_norm_statistics()
     assert len(got) > 20
     for a, b in zip(got, expected):
@@ -131,6 +152,8 @@ def test_a_chunk_that_does_not_divide_the_batch_fails_before_any_work(image_fold
     config = helpers.tiny_config(f"folder:{image_folder}", str(tmp_path / "run"), microbatch_size=3)
     with pytest.raises(ValueError, match=r"--microbatch_size=3 must divide each replica's batch of 8"):
         jobs.prepare(config)
+    with pytest.raises(ValueError, match=r"--microbatch_bn=shifted pairs view 1 of one chunk .* Use --microbatch_size=4"):
+        jobs.prepare(config.replace(train={"microbatch_size": 8, "microbatch_bn": "shifted"}))
     with pytest.raises(ValueError, match="--microbatch_size chunks the contrastive loss of pretraining"):
         jobs.prepare(config.replace(train={"microbatch_size": 4, "train_mode": "finetune", "checkpoint": "x"}))
     assert not os.path.exists(tmp_path / "run")
@@ -184,12 +207,14 @@ def test_under_jax_chunked_gradients_equal_full_batch_gradients(tmp_path):
                           cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
-    np.testing.assert_allclose(result["got_total"], result["total"], rtol=1e-5)
-    for name in ("contrast_loss", "contrast_acc", "sup_loss", "weight_decay"):
-        np.testing.assert_allclose(result["got_logs"][name], result["logs"][name], rtol=1e-5, atol=1e-7)
-    assert result["got_logs"]["replay_error"] == 0.0
-    for diff, scale in zip(result["diffs"], result["scales"]):
-        assert diff <= 1e-4 * scale + 1e-6, (diff, scale)
+    assert sorted(result["chunked"]) == ["paired", "shifted"]
+    for batch_norm, got in result["chunked"].items():
+        np.testing.assert_allclose(got["total"], result["total"], rtol=1e-5, err_msg=batch_norm)
+        for name in ("contrast_loss", "contrast_acc", "sup_loss", "weight_decay"):
+            np.testing.assert_allclose(got["logs"][name], result["logs"][name], rtol=1e-5, atol=1e-7, err_msg=name)
+        assert got["logs"]["replay_error"] == 0.0
+        for diff, scale in zip(got["diffs"], result["scales"]):
+            assert diff <= 1e-4 * scale + 1e-6, (batch_norm, diff, scale)
     assert sum(scale > 0 for scale in result["scales"]) >= 8
     fit_logs = result["fit_logs"]  # Batch norm training, through Keras's JAX trainer: pass 2 replays pass 1.
     assert len(fit_logs) == 2 and all(logs["replay_error"] == 0.0 for logs in fit_logs)

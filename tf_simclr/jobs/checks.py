@@ -144,7 +144,7 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
         from tf_simclr.steps.gradient_cache import check_microbatch
 
         check_batch_divides(t.train_batch_size, num_replicas)
-        check_microbatch(t.microbatch_size, t.train_batch_size // num_replicas)
+        check_microbatch(t.microbatch_size, t.train_batch_size // num_replicas, batch_norm=t.microbatch_bn)
     if mode == "eval" and t.train_mode == "pretrain" and not t.lineareval_while_pretraining and not config.run.feature_eval:
         raise ValueError(
             "--mode=eval has nothing to evaluate: --train_mode=pretrain with --lineareval_while_pretraining=false "

@@ -40,6 +40,7 @@ def build_model(
     device_augment: Optional[keras.layers.Layer] = None,
     teacher: Optional[keras.Model] = None,
     microbatch_size: int = 0,
+    microbatch_bn: str = "paired",
 ) -> SimCLRModel:
     """Builds (and initializes) a SimCLR model from a `ModelConfig`.
 
@@ -51,7 +52,8 @@ def build_model(
         objective: The pretraining loss, defaults to NT-Xent (temperature 0.1);
             in distillation, `losses.Distillation`, which it defaults to.
         zero_init_logits_layer: Start the supervised head at zero.
-        skip_nonfinite, device_augment, teacher, microbatch_size: See `SimCLRModel`.
+        skip_nonfinite, device_augment, teacher, microbatch_size, microbatch_bn: See
+            `SimCLRModel`.
     """
     if objective is None and train_mode == "pretrain":
         from tf_simclr.losses import NTXent
@@ -72,7 +74,7 @@ def build_model(
     model = SimCLRModel(
         encoder, projection_head, supervised_head, objective=objective, train_mode=train_mode,
         ft_proj_selector=config.ft_proj_selector, skip_nonfinite=skip_nonfinite, device_augment=device_augment,
-        teacher=teacher, microbatch_size=microbatch_size,
+        teacher=teacher, microbatch_size=microbatch_size, microbatch_bn=microbatch_bn,
     )
     if device_augment is not None:
         device_augment.build((None, None, None, 3))
@@ -112,6 +114,7 @@ def model_from_config(config: Config, num_classes: Optional[int], *, plain_batch
         device_augment=augment_layer,
         teacher=teacher,
         microbatch_size=t.microbatch_size,
+        microbatch_bn=t.microbatch_bn,
     )
     if t.train_mode == "finetune":
         freeze(model, config)

@@ -62,6 +62,9 @@ class SimCLRModel(keras.Model):
             built to export or evaluate a student need none.
         microbatch_size: Pretraining computes each replica's loss and gradient
             in chunks of this many images (`steps.gradient_cache`); 0 = at once.
+        microbatch_bn: Which rows a chunk holds, hence shares batch statistics
+            with: 'paired' (both views of its images) or 'shifted' (view 2 of
+            the next chunk's images).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class SimCLRModel(keras.Model):
         device_augment: Optional[keras.layers.Layer] = None,
         teacher: Optional[keras.Model] = None,
         microbatch_size: int = 0,
+        microbatch_bn: str = "paired",
         name: str = "simclr",
         **kwargs,
     ):
@@ -98,6 +102,7 @@ class SimCLRModel(keras.Model):
             teacher.trainable = False
         self.teacher = teacher
         self.microbatch_size = int(microbatch_size) if train_mode == "pretrain" else 0
+        self.microbatch_bn = microbatch_bn
         self.train_mode = train_mode
         self.ft_proj_selector = ft_proj_selector
         self.device_augment = device_augment

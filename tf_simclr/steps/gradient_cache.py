@@ -13,9 +13,18 @@ Learning Batch Size under Memory Limited Setup"):
 
 Memory is one chunk's activations plus the embeddings and the N x N logits.
 
-**Batch norm.** A chunk holds both views of its M images and normalizes with its
-own statistics: each chunk is what one replica of a run without `--global_bn`
-would see (negatives still come from the whole batch). Pass 2 sees exactly pass
+**Batch norm.** Each chunk normalizes with its own statistics. Which rows share
+them is `--microbatch_bn`:
+
+- `paired` (default): a chunk holds both views of its M images, so each chunk is
+  what one replica of a run without `--global_bn` would see (negatives still
+  come from the whole batch).
+- `shifted`: chunk c holds view 1 of images chunk c and view 2 of images chunk
+  c+1 (mod the number of chunks), so no chunk's statistics hold both views of
+  one image: the idea behind MoCo's shuffled batch norm, against positives
+  that match through shared batch statistics.
+
+Pass 2 sees exactly pass
 1's inputs and statistics, so it reproduces pass 1's embeddings (the step logs the
 largest difference as `replay_error`); the moving averages are restored after
 pass 1, so they move once per chunk, in pass 2. With `--global_bn` each chunk's
@@ -30,32 +39,50 @@ from __future__ import annotations
 from keras import ops
 
 
-def check_microbatch(microbatch_size: int, per_replica_batch: int, flag: str = "--microbatch_size") -> None:
-    """The one rule: a chunk size of 0 (off) or a divisor of each replica's batch."""
+# `--microbatch_bn` -> how many chunks a chunk's second views are shifted by.
+SHIFTS = {"paired": 0, "shifted": 1}
+
+
+def check_microbatch(microbatch_size: int, per_replica_batch: int, flag: str = "--microbatch_size",
+                     batch_norm: str = "paired") -> None:
+    """The one rule: a chunk size of 0 (off) or a divisor of each replica's batch (two chunks at least if shifted)."""
+    if batch_norm not in SHIFTS:
+        raise ValueError(f"--microbatch_bn must be one of {sorted(SHIFTS)}. Received: {batch_norm!r}")
     if microbatch_size < 0 or (microbatch_size and per_replica_batch % microbatch_size):
         divisors = [d for d in range(1, per_replica_batch + 1) if per_replica_batch % d == 0]
         raise ValueError(
             f"{flag}={microbatch_size} must divide each replica's batch of {per_replica_batch} images "
             f"(--train_batch_size over the replicas); use one of {divisors[-6:]}, or 0 to turn chunking off."
         )
+    if microbatch_size and SHIFTS[batch_norm] and per_replica_batch // microbatch_size < 2:
+        raise ValueError(
+            f"--microbatch_bn={batch_norm} pairs view 1 of one chunk with view 2 of the next, which needs at least "
+            f"2 chunks per replica; {flag}={microbatch_size} of {per_replica_batch} images is one. Use "
+            f"{flag}={per_replica_batch // 2} or smaller, or --microbatch_bn=paired."
+        )
 
 
-def chunk_rows(num_images: int, microbatch_size: int, index: int) -> tuple[slice, slice]:
-    """Rows of chunk `index` in a `[view 1 of B images; view 2]` batch: its M images' first and second views."""
-    start = index * microbatch_size
-    return slice(start, start + microbatch_size), slice(num_images + start, num_images + start + microbatch_size)
+def chunk_rows(num_images: int, microbatch_size: int, index: int, shift: int = 0) -> tuple[slice, slice]:
+    """Rows of chunk `index` in a `[view 1 of B images; view 2]` batch: view 1 of its M images, then view 2 of
+    the M images `shift` chunks on (0: the same images)."""
+    count = num_images // microbatch_size
+    first = index * microbatch_size
+    second = num_images + ((index + shift) % count) * microbatch_size
+    return slice(first, first + microbatch_size), slice(second, second + microbatch_size)
 
 
-def chunk_of(tensor, num_images: int, microbatch_size: int, index: int):
-    """`[view 1 of the chunk's M images; their view 2]`: a batch the model (and the loss) reads as usual."""
-    first, second = chunk_rows(num_images, microbatch_size, index)
+def chunk_of(tensor, num_images: int, microbatch_size: int, index: int, shift: int = 0):
+    """`[view 1 of M images; view 2 of M images]`: a batch the model reads as usual."""
+    first, second = chunk_rows(num_images, microbatch_size, index, shift)
     return ops.concatenate([tensor[first], tensor[second]], axis=0)
 
 
-def assemble(chunks: list, microbatch_size: int):
+def assemble(chunks: list, microbatch_size: int, shift: int = 0):
     """The inverse of `chunk_of` over all chunks: `[view 1 of all B images; view 2]`."""
+    count = len(chunks)
     first = [c[:microbatch_size] for c in chunks]
-    second = [c[microbatch_size:] for c in chunks]
+    # View 2 of image chunk j is in the chunk i with i + shift = j (mod count).
+    second = [chunks[(j - shift) % count][microbatch_size:] for j in range(count)]
     return ops.concatenate(first + second, axis=0)
 
 

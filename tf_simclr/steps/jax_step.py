@@ -97,18 +97,18 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     if images.shape[0] is None:
         raise ValueError("--microbatch_size needs batches of a static size.")
     num_images = int(images.shape[0])
-    cache.check_microbatch(m, num_images)
+    cache.check_microbatch(m, num_images, batch_norm=model.microbatch_bn)
     both = ops.concatenate([ops.cast(labels, "int32")] * 2, axis=0)
-    count = num_images // m
-    chunks = [cache.chunk_of(views, num_images, m, c) for c in range(count)]
-    chunk_labels = [cache.chunk_of(both, num_images, m, c) for c in range(count)]
+    count, shift = num_images // m, cache.SHIFTS[model.microbatch_bn]
+    chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
+    chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
 
-    embedded = [  # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk).
-        jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
-                                        state(trainable, current), [])[0])
-        for chunk in chunks
-    ]
-    hidden = ops.cast(cache.assemble(embedded, m), "float32")
+    embedded = []  # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk).
+    for chunk in chunks:
+        chunk = after(embedded[-1:], chunk)
+        embedded.append(jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
+                                                        state(trainable, current), [])[0]))
+    hidden = ops.cast(cache.assemble(embedded, m, shift), "float32")
 
     def full_loss(h):
         (loss, logs), _ = stateless(lambda: model.objective({"proj_head_output": h}, both),
@@ -120,11 +120,13 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     gradients = [ops.zeros_like(v) for v in trainable]
     ce_sum = correct = replay = ops.convert_to_tensor(0.0)
     for c in range(count):  # Pass 2.
-        def chunk_loss(trainable_values, c=c, current=current):
+        chunk = after([hidden_gradient] if c == 0 else gradients, chunks[c])
+
+        def chunk_loss(trainable_values, chunk=chunk, c=c, current=current):
             def run():
-                outputs = model(chunks[c], training=True)
+                outputs = model(chunk, training=True)
                 value, chunk_ce, chunk_correct = cache.surrogate(
-                    outputs, cache.chunk_of(hidden_gradient, num_images, m, c), chunk_labels[c], num_labelled, scale)
+                    outputs, cache.chunk_of(hidden_gradient, num_images, m, c, shift), chunk_labels[c], num_labelled, scale)
                 return value, (chunk_ce, chunk_correct, outputs["proj_head_output"])
 
             (value, aux), updated = stateless(run, state(trainable_values, current), others)
@@ -189,3 +191,18 @@ def _advance_iterations(optimizer, old_values, new_values):
         if variable is optimizer.iterations:
             new_values[index] = old_values[index] + ops.cast(1, old_values[index].dtype)
     return new_values
+
+
+def after(dependencies, value):
+    """`value`, but read only once `dependencies` are computed (the TF step's `after`).
+
+    XLA may otherwise schedule the unrolled chunks' forward passes together and keep
+    all their activations alive; an optimization barrier ties each chunk's input to
+    the previous chunk's result.
+    """
+    import jax
+
+    if not dependencies:
+        return value
+    value, _ = jax.lax.optimization_barrier((value, list(dependencies)))
+    return value

@@ -84,21 +84,24 @@ def cached_gradients(model, images, labels, variables):
         raise ValueError("--microbatch_size needs batches of a static size (a dataset batched with "
                          "drop_remainder=True, as the training pipeline is).")
     num_images = int(images.shape[0])
-    cache.check_microbatch(m, num_images)
+    cache.check_microbatch(m, num_images, batch_norm=model.microbatch_bn)
     labels = tf.cast(labels, tf.int32)
     both = tf.concat([labels, labels], axis=0)
-    count = num_images // m
-    chunks = [cache.chunk_of(views, num_images, m, c) for c in range(count)]
-    chunk_labels = [cache.chunk_of(both, num_images, m, c) for c in range(count)]
+    count, shift = num_images // m, cache.SHIFTS[model.microbatch_bn]
+    chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
+    chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
 
     # Pass 1: embeddings only, no tape; then the moving statistics go back (pass 2 moves them once).
     statistics = model.batch_norm_statistics()
     saved = [tf.identity(v.value) for v in statistics]
-    embedded = [tf.stop_gradient(model(chunk, training=True)["proj_head_output"]) for chunk in chunks]
+    embedded = []
+    for chunk in chunks:
+        chunk = after(embedded[-1:], chunk)
+        embedded.append(tf.stop_gradient(model(chunk, training=True)["proj_head_output"]))
     with tf.control_dependencies(embedded):
         for variable, value in zip(statistics, saved):
             variable.assign(value)
-    hidden = tf.cast(cache.assemble(embedded, m), tf.float32)
+    hidden = tf.cast(cache.assemble(embedded, m, shift), tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(hidden)
         loss, logs = model.objective({"proj_head_output": hidden}, both)
@@ -109,13 +112,15 @@ def cached_gradients(model, images, labels, variables):
     num_labelled = tf.maximum(tf.reduce_sum(tf.cast(both >= 0, tf.float32)), 1.0)
     gradients = [tf.zeros_like(v) for v in variables]
     ce_sum = correct = replay = tf.constant(0.0)
+    previous = [hidden_gradient]
     for c in range(count):
         with tf.GradientTape() as tape:
-            outputs = model(chunks[c], training=True)
+            outputs = model(after(previous, chunks[c]), training=True)
             value, chunk_ce, chunk_correct = cache.surrogate(
-                outputs, cache.chunk_of(hidden_gradient, num_images, m, c), chunk_labels[c], num_labelled, scale)
+                outputs, cache.chunk_of(hidden_gradient, num_images, m, c, shift), chunk_labels[c], num_labelled, scale)
         chunk_gradients = tape.gradient(value, variables)
         gradients = [g if d is None else g + d for g, d in zip(gradients, chunk_gradients)]
+        previous = gradients
         ce_sum, correct = ce_sum + chunk_ce, correct + chunk_correct
         difference = tf.cast(outputs["proj_head_output"], tf.float32) - tf.cast(embedded[c], tf.float32)
         replay = tf.maximum(replay, tf.reduce_max(tf.abs(difference)))
@@ -131,6 +136,20 @@ def cached_gradients(model, images, labels, variables):
         total = total + logs["sup_loss"]
     logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
     return total, logs, gradients
+
+
+def after(dependencies, tensor):
+    """`tensor`, but read only once `dependencies` are computed.
+
+    The chunk loop is unrolled in the graph, and nothing else orders its chunks:
+    the executor may run several chunks' forward passes at once and keep all their
+    activations alive, which is the memory chunking exists to save. Each chunk's
+    input therefore waits for the previous chunk's result.
+    """
+    if not dependencies:
+        return tensor
+    with tf.control_dependencies(dependencies):
+        return tf.identity(tensor)
 
 
 def multi_step_function(model, force: bool = False):

@@ -12,6 +12,11 @@ Printed: peak memory, images/s, and chunked/plain ratios at equal batch.
 
 On a GPU the same script measures device memory instead: pass `--device_memory`
 (TensorFlow's `get_memory_info('GPU:0')['peak']`).
+
+Under `KERAS_BACKEND=jax` it also prints the compiled train step's temporary
+buffers as XLA plans them (`compiled.memory_analysis().temp_size_in_bytes`): the
+activations and workspace of one step, without the process's own memory or the
+compiler's, on any device.
 """
 
 from __future__ import annotations
@@ -56,7 +61,23 @@ def _variant(args) -> dict:
               "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if args.device_memory and tf.config.list_physical_devices("GPU"):
         result["peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    import keras
+
+    if keras.backend.backend() == "jax":
+        result["xla_temp_mb"] = _xla_temp_mb(model, views, labels)
     return result
+
+
+def _xla_temp_mb(model, views, labels) -> float:
+    """The temporary memory XLA plans for one train step (`steps.jax_step.train_step`, jitted as Keras does)."""
+    import jax
+
+    from tf_simclr.steps import jax_step
+
+    state = tuple([v.value for v in variables] for variables in (
+        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables))
+    compiled = jax.jit(lambda s: jax_step.train_step(model, s, (views, labels))).lower(state).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
 def main() -> None:
@@ -87,14 +108,17 @@ def main() -> None:
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
+            xla = f"  XLA step temp {r['xla_temp_mb']:7.0f} MB" if "xla_temp_mb" in r else ""
             print(f"batch {batch:5d}  {'chunks of ' + str(chunk) if chunk else 'plain':>13}  "
-                  f"peak {r['peak_mb']:8.0f} MB  {r['images_per_s']:7.1f} images/s", flush=True)
+                  f"peak {r['peak_mb']:8.0f} MB  {r['images_per_s']:7.1f} images/s{xla}", flush=True)
     by = {(r["batch"], r["chunk"]): r for r in rows}
     print(f"\nchunked (chunks of {args.chunk}) / plain at equal batch:")
     for batch in sorted({r["batch"] for r in rows}):
         if (batch, 0) in by and (batch, args.chunk) in by:
             c, p = by[(batch, args.chunk)], by[(batch, 0)]
-            print(f"  batch {batch:5d}: memory {c['peak_mb'] / p['peak_mb']:.2f}x, speed {c['images_per_s'] / p['images_per_s']:.2f}x")
+            xla = f", XLA step temp {c['xla_temp_mb'] / p['xla_temp_mb']:.2f}x" if "xla_temp_mb" in c else ""
+            print(f"  batch {batch:5d}: memory {c['peak_mb'] / p['peak_mb']:.2f}x, speed "
+                  f"{c['images_per_s'] / p['images_per_s']:.2f}x{xla}")
 
 
 if __name__ == "__main__":

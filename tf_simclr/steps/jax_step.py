@@ -103,11 +103,14 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
     chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
 
-    embedded = []  # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk).
-    for chunk in chunks:
-        chunk = after(embedded[-1:], chunk)
-        embedded.append(jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
-                                                        state(trainable, current), [])[0]))
+    # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). XLA's scheduler runs the
+    # unrolled chunks one at a time by itself; an optimization barrier between them doubled the compiled step's
+    # temporary memory (benchmarks/microbatch_memory.py).
+    embedded = [
+        jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
+                                        state(trainable, current), [])[0])
+        for chunk in chunks
+    ]
     hidden = ops.cast(cache.assemble(embedded, m, shift), "float32")
 
     def full_loss(h):
@@ -120,11 +123,9 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     gradients = [ops.zeros_like(v) for v in trainable]
     ce_sum = correct = replay = ops.convert_to_tensor(0.0)
     for c in range(count):  # Pass 2.
-        chunk = after([hidden_gradient] if c == 0 else gradients, chunks[c])
-
-        def chunk_loss(trainable_values, chunk=chunk, c=c, current=current):
+        def chunk_loss(trainable_values, c=c, current=current):
             def run():
-                outputs = model(chunk, training=True)
+                outputs = model(chunks[c], training=True)
                 value, chunk_ce, chunk_correct = cache.surrogate(
                     outputs, cache.chunk_of(hidden_gradient, num_images, m, c, shift), chunk_labels[c], num_labelled, scale)
                 return value, (chunk_ce, chunk_correct, outputs["proj_head_output"])
@@ -191,18 +192,3 @@ def _advance_iterations(optimizer, old_values, new_values):
         if variable is optimizer.iterations:
             new_values[index] = old_values[index] + ops.cast(1, old_values[index].dtype)
     return new_values
-
-
-def after(dependencies, value):
-    """`value`, but read only once `dependencies` are computed (the TF step's `after`).
-
-    XLA may otherwise schedule the unrolled chunks' forward passes together and keep
-    all their activations alive; an optimization barrier ties each chunk's input to
-    the previous chunk's result.
-    """
-    import jax
-
-    if not dependencies:
-        return value
-    value, _ = jax.lax.optimization_barrier((value, list(dependencies)))
-    return value

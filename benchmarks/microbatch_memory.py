@@ -1,22 +1,24 @@
 """Peak memory and images/s of a pretraining step against batch size, plain and chunked (`--microbatch_size`).
 
     python benchmarks/microbatch_memory.py [--batches 64,128,256,512] [--chunk 64] [--size 32] [--width 0.25]
-                                           [--depth 18] [--steps 4]
+                                           [--depth 18] [--steps 4] [--precision float32|mixed_bfloat16]
+    KERAS_BACKEND=jax python benchmarks/microbatch_memory.py ...     # needs no TensorFlow
+    python benchmarks/microbatch_memory.py --smoke                   # a tiny run that checks the script
 
 Each (batch, chunked or plain) variant runs in a fresh subprocess, so its peak
-resident memory (`ru_maxrss`: the process's high-water mark, model and TensorFlow
-included) is its own. A variant builds the model with `training.trainer.compile_model`
-(LARS, NT-Xent at temperature 0.1, a linear head alongside), trains one warm-up
-step (tracing, not timed), then `--steps` timed steps on fixed synthetic views.
+memory is its own, and one that runs out of memory is reported as failed while
+the others go on. A variant builds the model as a run does (LARS, NT-Xent at
+temperature 0.1, a linear head alongside, weight decay), trains one warm-up step
+(tracing, not timed), then `--steps` timed steps on fixed synthetic views.
 Printed: peak memory, images/s, and chunked/plain ratios at equal batch.
 
-On a GPU the same script measures device memory instead: pass `--device_memory`
-(TensorFlow's `get_memory_info('GPU:0')['peak']`).
-
-Under `KERAS_BACKEND=jax` it also prints the compiled train step's temporary
-buffers as XLA plans them (`compiled.memory_analysis().temp_size_in_bytes`): the
-activations and workspace of one step, without the process's own memory or the
-compiler's, on any device.
+Memory: on a CPU the process's resident high-water mark (`ru_maxrss`, the
+framework included); on a GPU the device's peak (TensorFlow's
+`get_memory_info('GPU:0')['peak']`, JAX's `memory_stats()['peak_bytes_in_use']`).
+Under Keras on JAX the script also prints the temporary buffers XLA plans for
+the compiled step (`memory_analysis().temp_size_in_bytes`: one step's
+activations and workspace), and it imports no TensorFlow: it drives
+`steps.jax_step.train_step` under `jax.jit` directly, as Keras's JAX trainer does.
 """
 
 from __future__ import annotations
@@ -32,52 +34,93 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _variant(args) -> dict:
-    sys.path.insert(0, REPO)
+def _config(args):
+    from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
+
+    return Config(
+        model=ModelConfig(resnet_depth=args.depth, width_multiplier=args.width, image_size=args.size,
+                          proj_out_dim=64 if args.depth < 50 else 128, num_proj_layers=2 if args.depth < 50 else 3,
+                          global_bn=False),
+        data=DataConfig(dataset="synthetic"),
+        train=TrainConfig(model_dir="/unused", train_batch_size=args.batch, train_steps=100, warmup_epochs=0,
+                          learning_rate=0.3, weight_decay=1e-6, microbatch_size=args.chunk),
+    )
+
+
+def _synthetic(args):
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    views = rng.random((args.batch, args.size, args.size, 6), dtype=np.float32)
+    return views, rng.integers(0, 10, args.batch).astype("int32")
+
+
+def _resident_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tensorflow_variant(args) -> dict:
     import tensorflow as tf
 
-    from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
     from tf_simclr.optim.plan import make_plan
     from tf_simclr.training import trainer
 
-    config = Config(
-        model=ModelConfig(resnet_depth=args.depth, width_multiplier=args.width, image_size=args.size,
-                          proj_out_dim=64, num_proj_layers=2, global_bn=False),
-        data=DataConfig(dataset="synthetic"),
-        train=TrainConfig(model_dir="/unused", train_batch_size=args.batch, train_steps=100, warmup_epochs=0,
-                          learning_rate=0.3, microbatch_size=args.chunk),
-    )
+    config = _config(args)
     model = trainer.compile_model(config, 10, make_plan(config, args.batch * 100))
-    rng = np.random.default_rng(0)
-    views = rng.random((args.batch, args.size, args.size, 6), dtype=np.float32)
-    labels = rng.integers(0, 10, args.batch).astype("int32")
-    data = tf.data.Dataset.from_tensors((views, labels)).repeat()
+    data = tf.data.Dataset.from_tensors(_synthetic(args)).repeat()
     model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)  # Trace and warm up.
     start = time.perf_counter()
     model.fit(data, epochs=1, steps_per_epoch=args.steps, verbose=0)
     seconds = time.perf_counter() - start
-    result = {"batch": args.batch, "chunk": args.chunk, "images_per_s": args.batch * args.steps / seconds,
-              "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if args.device_memory and tf.config.list_physical_devices("GPU"):
-        result["peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    import keras
-
-    if keras.backend.backend() == "jax":
-        result["xla_temp_mb"] = _xla_temp_mb(model, views, labels)
-    return result
+    peak = _resident_mb()
+    if tf.config.list_physical_devices("GPU"):
+        peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return {"images_per_s": args.batch * args.steps / seconds, "peak_mb": peak}
 
 
-def _xla_temp_mb(model, views, labels) -> float:
-    """The temporary memory XLA plans for one train step (`steps.jax_step.train_step`, jitted as Keras does)."""
+def _jax_variant(args) -> dict:
     import jax
 
+    from tf_simclr.losses import NTXent
+    from tf_simclr.models import build_model
+    from tf_simclr.optim.optimizers import build_optimizer
+    from tf_simclr.optim.weight_decay import plan_weight_decay
     from tf_simclr.steps import jax_step
 
+    config = _config(args)
+    model = build_model(config.model, num_classes=10, objective=NTXent(temperature=0.1),
+                        microbatch_size=args.chunk)
+    decay = plan_weight_decay(model, config.train.weight_decay, optimizer_applies_decay=True)
+    model.set_weight_decay(decay)
+    optimizer = build_optimizer("lars", config.train.learning_rate, momentum=0.9,
+                                weight_decay=config.train.weight_decay, excluded_variables=decay.optimizer_excluded)
+    model.compile(optimizer=optimizer, jit_compile=True)
+    optimizer.build(model.trainable_variables)
+    batch = tuple(jax.device_put(x) for x in _synthetic(args))
     state = tuple([v.value for v in variables] for variables in (
-        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables))
-    compiled = jax.jit(lambda s: jax_step.train_step(model, s, (views, labels))).lower(state).compile()
-    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+        model.trainable_variables, model.non_trainable_variables, optimizer.variables, model.metrics_variables))
+    step = jax.jit(lambda s: jax_step.train_step(model, s, batch)[1], donate_argnums=0)
+    compiled = step.lower(state).compile()
+    temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    state = jax.block_until_ready(compiled(state))  # Warm up.
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state = compiled(state)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else _resident_mb()
+    return {"images_per_s": args.batch * args.steps / seconds, "peak_mb": peak, "xla_temp_mb": temp_mb}
+
+
+def _variant(args) -> dict:
+    sys.path.insert(0, REPO)
+    import keras
+
+    if args.precision != "float32":
+        keras.mixed_precision.set_global_policy(args.precision)
+    run = _jax_variant if keras.backend.backend() == "jax" else _tensorflow_variant
+    return {"batch": args.batch, "chunk": args.chunk, **run(args)}
 
 
 def main() -> None:
@@ -88,23 +131,32 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=int, default=18)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--device_memory", action="store_true")
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument("--smoke", action="store_true", help="batches 16,32 in chunks of 8, width 1/8, 16 px, 1 step")
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # One variant (subprocess).
     args = parser.parse_args()
+    if args.smoke:
+        args.batches, args.chunk, args.width, args.size, args.steps = "16,32", 8, 0.125, 16, 1
     if args.batch:
         print(json.dumps(_variant(args)))
         return
+    import platform
+
+    print(f"backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, ResNet-{args.depth} x{args.width} at "
+          f"{args.size} px, {args.precision}, {args.steps} timed steps, {platform.node()}, {time.strftime('%Y-%m-%d')}",
+          flush=True)
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         for chunk in (0, args.chunk):
             if chunk >= batch:
                 continue
             cmd = [sys.executable, __file__, f"--batch={batch}", f"--chunk={chunk}", f"--size={args.size}",
-                   f"--width={args.width}", f"--depth={args.depth}", f"--steps={args.steps}"]
-            cmd += ["--device_memory"] if args.device_memory else []
+                   f"--width={args.width}", f"--depth={args.depth}", f"--steps={args.steps}",
+                   f"--precision={args.precision}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
             if proc.returncode:
-                print(f"batch {batch} chunk {chunk}: failed ({proc.stderr.strip().splitlines()[-1:]})")
+                print(f"batch {batch:5d}  {'chunks of ' + str(chunk) if chunk else 'plain':>13}  failed: "
+                      f"{(proc.stderr.strip().splitlines() or ['(no output)'])[-1][:200]}", flush=True)
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
@@ -119,6 +171,13 @@ def main() -> None:
             xla = f", XLA step temp {c['xla_temp_mb'] / p['xla_temp_mb']:.2f}x" if "xla_temp_mb" in c else ""
             print(f"  batch {batch:5d}: memory {c['peak_mb'] / p['peak_mb']:.2f}x, speed "
                   f"{c['images_per_s'] / p['images_per_s']:.2f}x{xla}")
+    chunked = [r for r in rows if r["chunk"]]
+    if chunked and len(by) > len(chunked):
+        largest_plain = max((r for r in rows if not r["chunk"]), key=lambda r: r["batch"])
+        for r in chunked:
+            if r["batch"] > largest_plain["batch"]:
+                print(f"  batch {r['batch']:5d} chunked (plain did not run) against plain {largest_plain['batch']}, "
+                      f"the largest that ran: speed {r['images_per_s'] / largest_plain['images_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def _start_worker(index, ports, folder, model_dir, export_dir, log):
     command = [
         sys.executable, helpers.RUN_PY, f"--dataset=folder:{folder}", f"--model_dir={model_dir}",
         f"--export_dir={export_dir}", "--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
-        "--train_batch_size=16", "--train_steps=60", "--checkpoint_steps=20", "--keep_checkpoint_max=2",
+        "--train_batch_size=16", "--train_steps=30", "--checkpoint_steps=10", "--keep_checkpoint_max=2",
         "--use_tpu=False", "--warmup_epochs=0", "--lineareval_while_pretraining=False", "--use_blur=False",
     ]
     return subprocess.Popen(command, cwd=helpers.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -147,7 +147,7 @@ def test_multi_worker_run_writes_from_the_chief_only_and_a_killed_worker_rejoins
     logs = [open(tmp_path / f"worker{i}.log", "a") for i in range(2)]
     chief, worker = (_start_worker(i, ports, image_folder, model_dir, export_dir, logs[i]) for i in range(2))
     deadline = time.monotonic() + HANG_GUARD_SECONDS
-    while not os.path.exists(os.path.join(model_dir, "ckpt-20")):
+    while not os.path.exists(os.path.join(model_dir, "ckpt-10")):
         assert chief.poll() is None and worker.poll() is None, "a worker ended before the first checkpoint"
         if time.monotonic() > deadline:
             chief.kill(), worker.kill()
@@ -161,12 +161,12 @@ def test_multi_worker_run_writes_from_the_chief_only_and_a_killed_worker_rejoins
     chief_log = open(tmp_path / "worker0.log").read()
     assert "A peer worker failed" in chief_log  # The chief noticed, re-executed itself...
     resumed = int(chief_log.split("Resumed from")[1].split("(step ")[1].split(")")[0])
-    assert 20 <= resumed < 60  # ...and both resumed from the chief's checkpoint, not from scratch.
+    assert 10 <= resumed < 30  # ...and both resumed from the chief's checkpoint, not from scratch.
     assert f"(step {resumed})" in open(tmp_path / "worker1.log").read().split("Resumed from")[-1]
     # Only the chief's files: checkpoints, flags, summaries and the learning curve; one export.
-    assert sorted(os.listdir(model_dir)) == ["ckpt-40", "ckpt-60", "flags.json", "learning_curve.json",
+    assert sorted(os.listdir(model_dir)) == ["ckpt-20", "ckpt-30", "flags.json", "learning_curve.json",
                                              "learning_curve.png", "train"]
-    assert os.listdir(export_dir) == ["60"]
+    assert os.listdir(export_dir) == ["30"]
 
 
 def test_several_steps_per_execution_on_two_replicas_equal_single_steps(workdir, two_cpu_strategy):

@@ -21,7 +21,7 @@ from tf_simclr.models import build_model  # noqa: E402
 from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
 from tf_simclr.steps import jax_step  # noqa: E402
 
-SIZE, IMAGES, CHUNK = 16, 8, 2
+SIZE, IMAGES, CHUNK = 16, 8, 4  # 2 chunks.
 TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
                    global_bn=False)
 

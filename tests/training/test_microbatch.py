@@ -74,8 +74,7 @@ def test_chunks_and_their_assembly_take_the_rows_counted_independently(shift):
                    for c in map(np.asarray, chunks))
 
 
-@pytest.mark.parametrize("chunk,batch_norm", [(1, "paired"), (2, "paired"), (4, "paired"), (2, "shifted"),
-                                              (4, "shifted")])
+@pytest.mark.parametrize("chunk,batch_norm", [(2, "paired"), (4, "paired"), (2, "shifted")])
 def test_chunked_gradients_equal_full_batch_gradients_with_frozen_batch_norm(chunk, batch_norm):
     views, labels = _batch()
     plain_model, chunked_model = _model(0, frozen_bn=True), _model(chunk, frozen_bn=True, batch_norm=batch_norm)
@@ -174,7 +173,7 @@ class CrashAfter(keras.callbacks.Callback):
 def test_a_chunked_run_resumes_bit_identically(image_folder, tmp_path, augment_on):
     def config(model_dir):
         return helpers.tiny_config(f"folder:{image_folder}", str(tmp_path / model_dir), train_steps=4,
-                                   checkpoint_steps=2, microbatch_size=2, deterministic=True, seed=4,
+                                   checkpoint_steps=2, microbatch_size=4, deterministic=True, seed=4,
                                    data={"augment_on": augment_on})
 
     logs = helpers.StepLogs()

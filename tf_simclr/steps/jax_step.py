@@ -103,9 +103,9 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
     chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
 
-    # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). XLA's scheduler runs the
-    # unrolled chunks one at a time by itself; an optimization barrier between them doubled the compiled step's
-    # temporary memory (benchmarks/microbatch_memory.py).
+    # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). Memory: XLA schedules the
+    # unrolled chunks itself, and does not always free a chunk's activations before the next (docs/scaling.md);
+    # an optimization barrier between chunks made the planned memory larger, not smaller.
     embedded = [
         jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
                                         state(trainable, current), [])[0])

@@ -104,8 +104,7 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
 
     # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). Memory: XLA schedules the
-    # unrolled chunks itself, and does not always free a chunk's activations before the next (docs/scaling.md);
-    # an optimization barrier between chunks made the planned memory larger, not smaller.
+    # unrolled chunks itself, and does not yet free a chunk's activations before the next (docs/scaling.md).
     embedded = [
         jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
                                         state(trainable, current), [])[0])

@@ -36,6 +36,8 @@ Backend-neutral pieces live here; `steps.tf_step.cached_gradients` and
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from keras import ops
 
 
@@ -84,6 +86,40 @@ def assemble(chunks: list, microbatch_size: int, shift: int = 0):
     # View 2 of image chunk j is in the chunk i with i + shift = j (mod count).
     second = [chunks[(j - shift) % count][microbatch_size:] for j in range(count)]
     return ops.concatenate(first + second, axis=0)
+
+
+class Split(NamedTuple):
+    """One batch cut into chunks, as both passes read it."""
+
+    both_labels: object  # The labels of `[view 1; view 2]`.
+    shift: int
+    chunks: list  # Each `chunk_of` the views.
+    chunk_labels: list  # Each `chunk_of` both_labels.
+
+
+def split_batch(views, labels, microbatch_size: int, batch_norm: str) -> Split:
+    """The chunks of one replica's `[view 1 of B images; view 2]` views and their labels."""
+    if views.shape[0] is None:
+        raise ValueError("--microbatch_size needs batches of a static size (a dataset batched with "
+                         "drop_remainder=True, as the training pipeline is).")
+    num_images = int(views.shape[0]) // 2
+    check_microbatch(microbatch_size, num_images, batch_norm=batch_norm)
+    both = ops.concatenate([ops.cast(labels, "int32")] * 2, axis=0)
+    shift = SHIFTS[batch_norm]
+    indices = range(num_images // microbatch_size)
+    return Split(both, shift, [chunk_of(views, num_images, microbatch_size, c, shift) for c in indices],
+                 [chunk_of(both, num_images, microbatch_size, c, shift) for c in indices])
+
+
+def step_totals(logs: dict, loss, decay, ce_sum, correct, num_labelled, replay, supervised: bool):
+    """`(total, logs)` of a chunked step: the plain step's sum and metrics, plus `replay_error`."""
+    logs = dict(logs)
+    total = loss + decay
+    if supervised:
+        logs["sup_loss"], logs["sup_acc"] = ce_sum / num_labelled, correct / num_labelled
+        total = total + logs["sup_loss"]
+    logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
+    return total, logs
 
 
 def supervised_sums(labels, logits):

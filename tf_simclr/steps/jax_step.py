@@ -94,14 +94,8 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
 
     # Augmented once (its seed state moves here): both passes see these very views.
     views, current = stateless(lambda: model.views(images), state(trainable, non_trainable), others)
-    if images.shape[0] is None:
-        raise ValueError("--microbatch_size needs batches of a static size.")
-    num_images = int(images.shape[0])
-    cache.check_microbatch(m, num_images, batch_norm=model.microbatch_bn)
-    both = ops.concatenate([ops.cast(labels, "int32")] * 2, axis=0)
-    count, shift = num_images // m, cache.SHIFTS[model.microbatch_bn]
-    chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
-    chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
+    both, shift, chunks, chunk_labels = cache.split_batch(views, labels, m, model.microbatch_bn)
+    num_images, count = int(images.shape[0]), len(chunks)
 
     # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). Memory: XLA schedules the
     # unrolled chunks itself, and does not yet free a chunk's activations before the next (docs/scaling.md).
@@ -144,12 +138,8 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
 
     (_, decay), decay_gradients = jax.value_and_grad(decay_loss, has_aux=True)(trainable)
     gradients = [g + d for g, d in zip(gradients, decay_gradients)]
-    total = loss + decay
-    logs = dict(logs)
-    if model.supervised_head is not None:
-        logs["sup_loss"], logs["sup_acc"] = ce_sum / num_labelled, correct / num_labelled
-        total = total + logs["sup_loss"]
-    logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
+    total, logs = cache.step_totals(logs, loss, decay, ce_sum, correct, num_labelled, replay,
+                                    model.supervised_head is not None)
     return total, logs, gradients, current
 
 

@@ -80,16 +80,8 @@ def cached_gradients(model, images, labels, variables):
         return optimizer.scale_loss(loss / divide)
 
     views = model.views(images)  # Augmented once: both passes see these very views.
-    if images.shape[0] is None:
-        raise ValueError("--microbatch_size needs batches of a static size (a dataset batched with "
-                         "drop_remainder=True, as the training pipeline is).")
-    num_images = int(images.shape[0])
-    cache.check_microbatch(m, num_images, batch_norm=model.microbatch_bn)
-    labels = tf.cast(labels, tf.int32)
-    both = tf.concat([labels, labels], axis=0)
-    count, shift = num_images // m, cache.SHIFTS[model.microbatch_bn]
-    chunks = [cache.chunk_of(views, num_images, m, c, shift) for c in range(count)]
-    chunk_labels = [cache.chunk_of(both, num_images, m, c, shift) for c in range(count)]
+    both, shift, chunks, chunk_labels = cache.split_batch(views, labels, m, model.microbatch_bn)
+    num_images, count = int(images.shape[0]), len(chunks)
 
     # Pass 1: embeddings only, no tape; then the moving statistics go back (pass 2 moves them once).
     statistics = model.batch_norm_statistics()
@@ -130,11 +122,8 @@ def cached_gradients(model, images, labels, variables):
     decay_gradients = tape.gradient(scaled_decay, variables)
     gradients = [g if d is None else g + d for g, d in zip(gradients, decay_gradients)]
 
-    total = loss + decay
-    if model.supervised_head is not None:
-        logs["sup_loss"], logs["sup_acc"] = ce_sum / num_labelled, correct / num_labelled
-        total = total + logs["sup_loss"]
-    logs.update(weight_decay=decay, total_loss=total, replay_error=replay)
+    total, logs = cache.step_totals(logs, loss, decay, ce_sum, correct, num_labelled, replay,
+                                    model.supervised_head is not None)
     return total, logs, gradients
 
 

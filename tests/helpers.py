@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import keras
@@ -215,3 +216,13 @@ def fault_rng(name: str = "FAULT_SEED"):
 
 
 __all__ += ["fault_rng"]
+
+
+def beats_chance(accuracy: float, n: int, classes: int, tail: float = 1e-6) -> bool:
+    """Whether `accuracy` on n examples is more than uniform guessing reaches with probability `tail` (binomial).
+
+    A fixed threshold such as 0.25 fails on a tiny model by a hair; this asks the question the test means.
+    """
+    p = 1.0 / classes
+    correct = round(accuracy * n)
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(correct, n + 1)) < tail

@@ -142,9 +142,13 @@ def main() -> None:
         return
     import platform
 
-    print(f"backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, ResNet-{args.depth} x{args.width} at "
-          f"{args.size} px, {args.precision}, {args.steps} timed steps, {platform.node()}, {time.strftime('%Y-%m-%d')}",
-          flush=True)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "jax":
+        from tf_simclr.steps import jax_step
+
+        backend += f" (chunk loop: {jax_step.chunk_loop()}, set by {jax_step.LOOP_VARIABLE})"
+    print(f"backend {backend}, ResNet-{args.depth} x{args.width} at {args.size} px, {args.precision}, "
+          f"{args.steps} timed steps, {platform.node()}, {time.strftime('%Y-%m-%d')}", flush=True)
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         for chunk in (0, args.chunk):

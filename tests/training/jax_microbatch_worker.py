@@ -2,7 +2,8 @@
 
 Not a test module. Builds the tiny model with frozen batch norm, takes the full-batch
 gradient (`jax.value_and_grad` of `compute_losses`) and the chunked one
-(`steps.jax_step.cached_gradients`) of one batch, then trains one chunked step through
+(`steps.jax_step.cached_gradients`, in `LAYOUTS_AND_LOOPS`) of one batch, checks the
+moving statistics against the chunks run one by one, then trains one chunked step through
 `fit` with batch norm training, and writes the differences and logs as JSON.
 """
 
@@ -19,9 +20,11 @@ import numpy as np  # noqa: E402
 from tf_simclr.config import ModelConfig  # noqa: E402
 from tf_simclr.models import build_model  # noqa: E402
 from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
-from tf_simclr.steps import jax_step  # noqa: E402
+from tf_simclr.steps import gradient_cache, jax_step  # noqa: E402
 
 SIZE, IMAGES, CHUNK = 16, 8, 4  # 2 chunks.
+# Both chunk layouts in pass 2's `scan`, and the CPU's unrolled loop once (steps.jax_step.chunk_loop).
+LAYOUTS_AND_LOOPS = [("paired", "scan"), ("shifted", "scan"), ("shifted", "unrolled")]
 TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
                    global_bn=False)
 
@@ -55,16 +58,41 @@ def main(out):
 
     (total, logs), expected = jax.jit(jax.value_and_grad(loss, has_aux=True))(trainable)
     chunked = {}
-    for batch_norm in ("paired", "shifted"):  # Both chunk layouts.
+    for batch_norm, loop in LAYOUTS_AND_LOOPS:
+        os.environ[jax_step.LOOP_VARIABLE] = loop
         m = model(CHUNK, True, batch_norm)
         optimizer_state = list(zip(m.optimizer.variables, [v.value for v in m.optimizer.variables]))
         got_total, got_logs, got, _ = jax.jit(lambda t, n: jax_step.cached_gradients(
             m, t, n, optimizer_state, views, labels))(trainable, others)
-        chunked[batch_norm] = {"total": float(got_total), "logs": {k: float(v) for k, v in got_logs.items()},
+        chunked[f"{batch_norm} {loop}"] = {"total": float(got_total), "logs": {k: float(v) for k, v in got_logs.items()},
                                "diffs": [float(np.max(np.abs(np.asarray(g) - np.asarray(e))))
                                          for g, e in zip(got, expected)]}
     scales = [float(np.max(np.abs(np.asarray(e)))) for e in expected]
 
+    # Batch norm training: the moving statistics after a chunked step, against the chunks run one by one here.
+    moving = {}
+    for batch_norm, loop in LAYOUTS_AND_LOOPS:
+        os.environ[jax_step.LOOP_VARIABLE] = loop
+        m = model(CHUNK, False, batch_norm)
+        values = [v.value for v in m.trainable_variables]
+        start = [v.value for v in m.non_trainable_variables]
+        optimizer_state = list(zip(m.optimizer.variables, [v.value for v in m.optimizer.variables]))
+        _, _, _, moved = jax.jit(lambda t, n: jax_step.cached_gradients(
+            m, t, n, optimizer_state, views, labels))(values, start)
+        split, _ = jax_step.stateless(lambda: m.views(views), [], [])
+        current = start
+        for c in range(IMAGES // CHUNK):
+            chunk = gradient_cache.chunk_of(split, IMAGES, CHUNK, c, gradient_cache.SHIFTS[batch_norm])
+            _, current = jax_step.stateless(lambda: m(chunk, training=True),
+                                            list(zip(m.trainable_variables, values))
+                                            + list(zip(m.non_trainable_variables, current)),
+                                            m.non_trainable_variables)
+        moving[f"{batch_norm} {loop}"] = {"diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                          for a, b in zip(moved, current)),
+                              "moved": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                           for a, b in zip(current, start))}
+
+    del os.environ[jax_step.LOOP_VARIABLE]  # fit takes the default loop of this platform.
     training = model(CHUNK, False)
     recorded = []
 
@@ -78,7 +106,7 @@ def main(out):
                  callbacks=[Record()])
     with open(out, "w") as f:
         json.dump({"total": float(total), "logs": {k: float(v) for k, v in logs.items()}, "chunked": chunked,
-                   "scales": scales, "fit_logs": recorded}, f)
+                   "scales": scales, "fit_logs": recorded, "moving": moving}, f)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def test_under_jax_chunked_gradients_equal_full_batch_gradients(tmp_path):
                           cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
-    assert sorted(result["chunked"]) == ["paired", "shifted"]
+    assert sorted(result["chunked"]) == ["paired scan", "shifted scan", "shifted unrolled"]
     for batch_norm, got in result["chunked"].items():
         np.testing.assert_allclose(got["total"], result["total"], rtol=1e-5, err_msg=batch_norm)
         for name in ("contrast_loss", "contrast_acc", "sup_loss", "weight_decay"):
@@ -215,5 +215,23 @@ def test_under_jax_chunked_gradients_equal_full_batch_gradients(tmp_path):
         for diff, scale in zip(got["diffs"], result["scales"]):
             assert diff <= 1e-4 * scale + 1e-6, (batch_norm, diff, scale)
     assert sum(scale > 0 for scale in result["scales"]) >= 8
+    for batch_norm, moving in result["moving"].items():  # Moving statistics: once per chunk, in chunk order.
+        assert moving["moved"] > 1e-4 and moving["diff"] <= 1e-5 * (1 + moving["moved"]), (batch_norm, moving)
+    assert sorted(result["moving"]) == ["paired scan", "shifted scan", "shifted unrolled"]
     fit_logs = result["fit_logs"]  # Batch norm training, through Keras's JAX trainer: pass 2 replays pass 1.
     assert len(fit_logs) == 2 and all(logs["replay_error"] == 0.0 for logs in fit_logs)
+
+
+def test_jax_chunk_loop_choice_and_its_error(monkeypatch):
+    pytest.importorskip("jax")
+    from tf_simclr.steps import jax_step
+
+    monkeypatch.setenv(jax_step.LOOP_VARIABLE, "scan")
+    assert jax_step.chunk_loop() == "scan"
+    monkeypatch.delenv(jax_step.LOOP_VARIABLE)
+    import jax
+
+    assert jax_step.chunk_loop() == ("unrolled" if jax.default_backend() == "cpu" else "scan")
+    monkeypatch.setenv(jax_step.LOOP_VARIABLE, "fori")
+    with pytest.raises(ValueError, match="TF_SIMCLR_JAX_CHUNK_LOOP must be 'scan' or 'unrolled'. Received: 'fori'"):
+        jax_step.chunk_loop()

@@ -9,6 +9,8 @@ inserts the all-reduces.
 
 from __future__ import annotations
 
+import os
+
 import keras
 from keras import ops
 
@@ -97,14 +99,16 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     both, shift, chunks, chunk_labels = cache.split_batch(views, labels, m, model.microbatch_bn)
     num_images, count = int(images.shape[0]), len(chunks)
 
-    # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk). Memory: XLA schedules the
-    # unrolled chunks itself, and does not yet free a chunk's activations before the next (docs/scaling.md).
-    embedded = [
-        jax.lax.stop_gradient(stateless(lambda: model(chunk, training=True)["proj_head_output"],
-                                        state(trainable, current), [])[0])
-        for chunk in chunks
-    ]
-    hidden = ops.cast(cache.assemble(embedded, m, shift), "float32")
+    # The chunks are looped over with `lax.scan` (see `chunk_loop`): a loop body's buffers are reused from one
+    # chunk to the next, so memory holds one chunk's activations.
+    stacked, stacked_labels = ops.stack(chunks), ops.stack(chunk_labels)
+
+    def embed(_, chunk):  # Pass 1: its batch-norm updates are dropped (pass 2 makes them, once per chunk).
+        z = stateless(lambda: model(chunk, training=True)["proj_head_output"], state(trainable, current), [])[0]
+        return None, jax.lax.stop_gradient(z)
+
+    _, embedded = jax.lax.scan(embed, None, stacked)  # Forward convolutions run at full speed in a loop.
+    hidden = ops.cast(cache.assemble([embedded[c] for c in range(count)], m, shift), "float32")
 
     def full_loss(h):
         (loss, logs), _ = stateless(lambda: model.objective({"proj_head_output": h}, both),
@@ -113,24 +117,34 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
 
     (_, (loss, logs)), hidden_gradient = jax.value_and_grad(full_loss, has_aux=True)(hidden)
     num_labelled = ops.maximum(ops.sum(ops.cast(both >= 0, "float32")), 1.0)
-    gradients = [ops.zeros_like(v) for v in trainable]
-    ce_sum = correct = replay = ops.convert_to_tensor(0.0)
-    for c in range(count):  # Pass 2.
-        def chunk_loss(trainable_values, c=c, current=current):
+    chunk_gradients = ops.stack([cache.chunk_of(hidden_gradient, num_images, m, c, shift) for c in range(count)])
+
+    def replay_chunk(carry, inputs):  # Pass 2: gradients summed, moving statistics threaded chunk to chunk.
+        gradients, moving, ce_sum, correct, replay = carry
+        chunk, embedding_gradient, labels_c, z_before = inputs
+
+        def chunk_loss(trainable_values):
             def run():
-                outputs = model(chunks[c], training=True)
+                outputs = model(chunk, training=True)
                 value, chunk_ce, chunk_correct = cache.surrogate(
-                    outputs, cache.chunk_of(hidden_gradient, num_images, m, c, shift), chunk_labels[c], num_labelled, scale)
+                    outputs, embedding_gradient, labels_c, num_labelled, scale)
                 return value, (chunk_ce, chunk_correct, outputs["proj_head_output"])
 
-            (value, aux), updated = stateless(run, state(trainable_values, current), others)
+            (value, aux), updated = stateless(run, state(trainable_values, moving), others)
             return value, (aux, updated)
 
-        (_, ((chunk_ce, chunk_correct, z), current)), chunk_gradients = jax.value_and_grad(
-            chunk_loss, has_aux=True)(trainable)
-        gradients = [g + d for g, d in zip(gradients, chunk_gradients)]
-        ce_sum, correct = ce_sum + chunk_ce, correct + chunk_correct
-        replay = ops.maximum(replay, ops.max(ops.abs(ops.cast(z, "float32") - ops.cast(embedded[c], "float32"))))
+        (_, ((chunk_ce, chunk_correct, z), updated)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(trainable)
+        difference = ops.max(ops.abs(ops.cast(z, "float32") - ops.cast(z_before, "float32")))
+        return (
+            [g + d for g, d in zip(gradients, grads)],
+            [ops.cast(u, v.dtype) for u, v in zip(updated, moving)],  # A loop's carry keeps its dtypes.
+            ce_sum + chunk_ce, correct + chunk_correct, ops.maximum(replay, difference),
+        ), None
+
+    zero = ops.convert_to_tensor(0.0)
+    start = ([ops.zeros_like(v) for v in trainable], list(current), zero, zero, zero)
+    (gradients, current, ce_sum, correct, replay), _ = _scan(
+        replay_chunk, start, (stacked, chunk_gradients, stacked_labels, embedded), chunk_loop())
 
     def decay_loss(trainable_values):
         decay, _ = stateless(model.weight_decay_loss, state(trainable_values, current), [])
@@ -141,6 +155,37 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     total, logs = cache.step_totals(logs, loss, decay, ce_sum, correct, num_labelled, replay,
                                     model.supervised_head is not None)
     return total, logs, gradients, current
+
+
+LOOP_VARIABLE = "TF_SIMCLR_JAX_CHUNK_LOOP"
+
+
+def chunk_loop() -> str:
+    """How pass 2 loops over the chunks: `scan` (memory of one chunk) or `unrolled`.
+
+    `scan` on GPUs and TPUs. On the CPU XLA runs the gradient convolutions inside a
+    loop body about 20x slower than outside one (jax-ml/jax#12868; measured in
+    docs/scaling.md), so there the chunks are unrolled, which keeps every chunk's
+    activations (XLA's CPU scheduler does not free them in between). The
+    environment variable TF_SIMCLR_JAX_CHUNK_LOOP=scan|unrolled overrides the choice.
+    """
+    import jax
+
+    choice = os.environ.get(LOOP_VARIABLE) or ("unrolled" if jax.default_backend() == "cpu" else "scan")
+    if choice not in ("scan", "unrolled"):
+        raise ValueError(f"{LOOP_VARIABLE} must be 'scan' or 'unrolled'. Received: {choice!r}")
+    return choice
+
+
+def _scan(body, carry, xs, loop: str):
+    """`jax.lax.scan(body, carry, xs)`, or the same steps as a Python loop (`loop='unrolled'`), outputs dropped."""
+    import jax
+
+    if loop == "scan":
+        return jax.lax.scan(body, carry, xs)
+    for index in range(int(xs[0].shape[0])):
+        carry, _ = body(carry, [x[index] for x in xs])
+    return carry, None
 
 
 def test_step(model, state, data):

@@ -23,8 +23,10 @@ from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
 from tf_simclr.steps import gradient_cache, jax_step  # noqa: E402
 
 SIZE, IMAGES, CHUNK = 16, 8, 4  # 2 chunks.
-# Both chunk layouts in pass 2's `scan`, and the CPU's unrolled loop once (steps.jax_step.chunk_loop).
+# Gradients: both chunk layouts in pass 2's `scan`, and the CPU's unrolled loop once (steps.jax_step.chunk_loop);
+# moving statistics: each layout and each loop once.
 LAYOUTS_AND_LOOPS = [("paired", "scan"), ("shifted", "scan"), ("shifted", "unrolled")]
+MOVING_LAYOUTS_AND_LOOPS = [("shifted", "scan"), ("paired", "unrolled")]
 TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
                    global_bn=False)
 
@@ -71,7 +73,7 @@ def main(out):
 
     # Batch norm training: the moving statistics after a chunked step, against the chunks run one by one here.
     moving = {}
-    for batch_norm, loop in LAYOUTS_AND_LOOPS:
+    for batch_norm, loop in MOVING_LAYOUTS_AND_LOOPS:
         os.environ[jax_step.LOOP_VARIABLE] = loop
         m = model(CHUNK, False, batch_norm)
         values = [v.value for v in m.trainable_variables]

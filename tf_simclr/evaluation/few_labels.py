@@ -62,7 +62,7 @@ def write_random_init(config: Config, num_classes: int) -> str:
     return config.train.checkpoint
 
 
-def choose_probe(x: np.ndarray, y: np.ndarray, *, num_classes: int, grid=L2_GRID, folds: int = 5,
+def choose_probe(x: np.ndarray, y: np.ndarray, *, num_classes: int, grid=None, folds: int = 5,
                  seed: int = 0) -> dict:
     """The probe settings (L2 penalty, standardization) with the best stratified `folds`-fold CV accuracy on (x, y).
 
@@ -77,6 +77,7 @@ def choose_probe(x: np.ndarray, y: np.ndarray, *, num_classes: int, grid=L2_GRID
     """
     from tf_simclr.evaluation.linear_probe import linear_eval
 
+    grid = L2_GRID if grid is None else grid
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(y), np.int64)
     for label in np.unique(y):  # Stratified: each class spread over the folds.

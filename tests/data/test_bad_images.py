@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_simclr.augment.spec import AugmentSpec
-from tf_simclr.data import image_folder
+from tf_simclr.data import bad_files, image_folder
 from tf_simclr.data.image_folder import ImageFolderSource, find_bad_images
 from tf_simclr.data.pipeline import Views, build_dataset
 from tf_simclr.data.sources import load_source
@@ -209,9 +209,9 @@ def test_long_lists_are_cut_and_the_threaded_scan_agrees(tmp_path, caplog, monke
             expected_bad[str(path)] = image_folder.REASON_TRUNCATED_PNG
         else:
             path.write_bytes(png)
-    monkeypatch.setattr(image_folder, "SCAN_CHUNK", 100)  # 13 equal chunks for the pool.
-    monkeypatch.setattr(image_folder, "PROGRESS_EVERY", 400)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    monkeypatch.setattr(bad_files, "SCAN_CHUNK", 100)  # 13 equal chunks for the pool.
+    monkeypatch.setattr(bad_files, "PROGRESS_EVERY", 400)
+    with caplog.at_level(logging.INFO, logger="tf_simclr"):  # The scan (bad_files) and the index.
         source = ImageFolderSource(str(root))
     assert len(expected_bad) == 52
     assert dict(source.bad_files) == expected_bad

@@ -44,6 +44,10 @@ def model(microbatch, frozen, batch_norm="paired"):
     return m
 
 
+def _largest_difference(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
 def main(out):
     rng = np.random.default_rng(0)
     views = rng.random((IMAGES, SIZE, SIZE, 6), dtype=np.float32)
@@ -67,8 +71,7 @@ def main(out):
         got_total, got_logs, got, _ = jax.jit(lambda t, n: jax_step.cached_gradients(
             m, t, n, optimizer_state, views, labels))(trainable, others)
         chunked[f"{batch_norm} {loop}"] = {"total": float(got_total), "logs": {k: float(v) for k, v in got_logs.items()},
-                               "diffs": [float(np.max(np.abs(np.asarray(g) - np.asarray(e))))
-                                         for g, e in zip(got, expected)]}
+                                           "diffs": [_largest_difference(g, e) for g, e in zip(got, expected)]}
     scales = [float(np.max(np.abs(np.asarray(e)))) for e in expected]
 
     # Batch norm training: the moving statistics after a chunked step, against the chunks run one by one here.
@@ -89,10 +92,8 @@ def main(out):
                                             list(zip(m.trainable_variables, values))
                                             + list(zip(m.non_trainable_variables, current)),
                                             m.non_trainable_variables)
-        moving[f"{batch_norm} {loop}"] = {"diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                          for a, b in zip(moved, current)),
-                              "moved": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                           for a, b in zip(current, start))}
+        moving[f"{batch_norm} {loop}"] = {"diff": max(map(_largest_difference, moved, current)),
+                                          "moved": max(map(_largest_difference, current, start))}
 
     del os.environ[jax_step.LOOP_VARIABLE]  # fit takes the default loop of this platform.
     training = model(CHUNK, False)

@@ -117,7 +117,7 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
 
     (_, (loss, logs)), hidden_gradient = jax.value_and_grad(full_loss, has_aux=True)(hidden)
     num_labelled = ops.maximum(ops.sum(ops.cast(both >= 0, "float32")), 1.0)
-    chunk_gradients = ops.stack([cache.chunk_of(hidden_gradient, num_images, m, c, shift) for c in range(count)])
+    embedding_gradients = ops.stack([cache.chunk_of(hidden_gradient, num_images, m, c, shift) for c in range(count)])
 
     def replay_chunk(carry, inputs):  # Pass 2: gradients summed, moving statistics threaded chunk to chunk.
         gradients, moving, ce_sum, correct, replay = carry
@@ -144,7 +144,7 @@ def cached_gradients(model, trainable, non_trainable, optimizer_state, images, l
     zero = ops.convert_to_tensor(0.0)
     start = ([ops.zeros_like(v) for v in trainable], list(current), zero, zero, zero)
     (gradients, current, ce_sum, correct, replay), _ = _scan(
-        replay_chunk, start, (stacked, chunk_gradients, stacked_labels, embedded), chunk_loop())
+        replay_chunk, start, (stacked, embedding_gradients, stacked_labels, embedded), chunk_loop())
 
     def decay_loss(trainable_values):
         decay, _ = stateless(model.weight_decay_loss, state(trainable_values, current), [])

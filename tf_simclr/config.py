@@ -51,6 +51,10 @@ class ModelConfig:
     width_multiplier: float = option(1.0, "Multiplier to change width of network (fractions such as 0.125 give "
                                      "tiny encoders).")
     image_size: int = option(224, "Input image size.")
+    cifar_stem_stride: int = option(1, "Stride of the CIFAR stem's 3x3 conv (--image_size <= 32): 1 as the "
+                                    "reference, or 2, which halves the resolution the block groups see (a 28-px "
+                                    "image then costs about what a 14-px one does, and the stem still sees every "
+                                    "pixel).", ours=True)
     sk_ratio: float = option(0.0, "If it is bigger than 0, it will enable SK. Recommendation: 0.0625.")
     se_ratio: float = option(0.0, "If it is bigger than 0, it will enable SE.")
     batch_norm_decay: float = option(0.9, "Batch norm decay parameter.")

@@ -66,6 +66,24 @@ def test_every_recipe_parses_and_validates(parse, flagfile):
     checks.check_config(config)
 
 
+def _uses_quickstart_weights(flagfile):
+    with open(flagfile) as f:
+        lines = [line.strip() for line in f if not line.lstrip().startswith("#")]
+    return "--checkpoint=runs/quickstart" in lines
+
+
+QUICKSTART_USERS = [f for f in sorted(glob.glob(os.path.join(helpers.REPO, "flags", "*.cfg"))) if _uses_quickstart_weights(f)]
+
+
+@pytest.mark.parametrize("flagfile", QUICKSTART_USERS, ids=os.path.basename)
+def test_recipes_that_load_the_quickstart_share_its_architecture(parse, flagfile):
+    """A recipe reading runs/quickstart must build the quickstart's network, or its first step is a refusal."""
+    names = ("image_size", "cifar_stem_stride") + checks.ARCHITECTURE_FLAGS
+    quickstart = parse([f"--flagfile={os.path.join(helpers.REPO, 'flags', 'quickstart.cfg')}"]).model
+    recipe = parse([f"--flagfile={flagfile}"]).model
+    assert {n: getattr(recipe, n) for n in names} == {n: getattr(quickstart, n) for n in names}
+
+
 def test_fractional_width_multiplier(parse):
     assert parse(["--width_multiplier=0.125"]).model.width_multiplier == 0.125
 

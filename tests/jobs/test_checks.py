@@ -266,6 +266,36 @@ def test_export_of_another_architecture_is_refused_from_its_metadata(tmp_path, u
     check(linear)
 
 
+def test_cifar_stem_stride_differences_are_refused_though_every_shape_matches(tmp_path, unprepared_dir):
+    strided = dataclasses.replace(TINY, cifar_stem_stride=2)
+    folder = _save_tiny_checkpoint(tmp_path / "pretrained", strided)
+    assert checks.checkpoint_mismatches(folder, factory.build_model(TINY)) == []  # Shapes cannot tell them apart.
+    config = make_config(tmp_path, unprepared_dir, train_mode="finetune", checkpoint=str(tmp_path / "pretrained"))
+    with pytest.raises(ValueError, match=r"--checkpoint=.* was trained with --cifar_stem_stride=2 \(here 1\)"):
+        check(config)
+    check(make_config(tmp_path, unprepared_dir, model=strided, train_mode="finetune", checkpoint=folder))
+    # Resuming a model_dir, and an export's metadata.
+    _save_tiny_checkpoint(tmp_path / "run", strided)
+    with pytest.raises(ValueError, match=r"--model_dir=.*ckpt-3, which was trained with --cifar_stem_stride=2"):
+        check(make_config(tmp_path, unprepared_dir, lineareval_while_pretraining=False))
+    module = tmp_path / "exported" / "7"
+    module.mkdir(parents=True)
+    (module / "saved_model.pb").write_bytes(b"")
+    (module / exports_dir.EXPORT_META_FILE).write_text(json.dumps({"config": Config(model=TINY).to_dict()}))
+    exported = make_config(tmp_path, unprepared_dir, model=strided, train_mode="finetune",
+                           checkpoint=str(tmp_path / "exported"), model_dir=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"export of a different architecture: .*--cifar_stem_stride=1 \(here 2\)"):
+        check(exported)
+    # Metadata written before the flag existed means stride 1.
+    old_meta = Config(model=TINY).to_dict()
+    del old_meta["model"]["cifar_stem_stride"]
+    (module / exports_dir.EXPORT_META_FILE).write_text(json.dumps({"config": old_meta}))
+    with pytest.raises(ValueError, match=r"--cifar_stem_stride=1 \(here 2\)"):
+        check(exported)
+    check(make_config(tmp_path, unprepared_dir, train_mode="finetune", checkpoint=str(tmp_path / "exported"),
+                      model_dir=str(tmp_path / "other")))
+
+
 def test_device_augmentation_is_for_pretraining_only(tmp_path):
     config = make_config(tmp_path, train_mode="finetune", checkpoint=str(tmp_path))
     device = config.replace(data={"augment_on": "device"})

@@ -437,13 +437,39 @@ def test_check_config_names_the_bad_flag(overrides, flag):
     resnet_lib.check_config(helpers.tiny_model_config())  # The tiny config itself is fine.
 
 
-@pytest.mark.parametrize("image_size, stride", [(32, 8), (64, 32)])
-def test_total_stride_is_what_the_encoder_downsamples(image_size, stride):
-    config = helpers.tiny_model_config(image_size=image_size)
+@pytest.mark.parametrize("image_size, stem_stride, stride", [(32, 1, 8), (32, 2, 16), (64, 1, 32)])
+def test_total_stride_is_what_the_encoder_downsamples(image_size, stem_stride, stride):
+    config = helpers.tiny_model_config(image_size=image_size, cifar_stem_stride=stem_stride)
     final_map = resnet_lib.build(config)(_images(1, image_size))["block_group4"].shape[1]
     assert image_size // final_map == stride
     assert resnet_lib.total_stride(config) == stride
-    assert stride == (resnet_lib.CIFAR_STEM_STRIDE if config.cifar_stem else resnet_lib.IMAGENET_STEM_STRIDE)
+    base = resnet_lib.CIFAR_STEM_STRIDE if config.cifar_stem else resnet_lib.IMAGENET_STEM_STRIDE
+    assert stride == base * stem_stride
+
+
+def test_stride_2_cifar_stem_is_the_stride_1_stem_subsampled_with_the_same_weights():
+    """Same variables (a checkpoint fits either), and the stem conv at stride 2 is the stride-1 map at even pixels."""
+    one = resnet(18, 0.125, cifar_stem=True)
+    two = resnet(18, 0.125, cifar_stem=True, cifar_stem_stride=2)
+    assert [(v.path, tuple(v.shape)) for v in one.weights] == [(v.path, tuple(v.shape)) for v in two.weights]
+    two.set_weights(one.get_weights())
+    images = _images(2, 28)
+    conv_one = keras.ops.convert_to_numpy(one(images, training=False)["initial_conv"])
+    conv_two = keras.ops.convert_to_numpy(two(images, training=False)["initial_conv"])
+    # Fixed padding pads (k-1)//2 = 1 before and 1 after: the stride-2 conv's output i is centred on input 2i.
+    np.testing.assert_allclose(conv_two, conv_one[:, ::2, ::2], rtol=1e-5, atol=1e-5)
+    assert two(images, training=False)["block_group1"].shape[1:3] == (14, 14)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(cifar_stem_stride=3), r"--cifar_stem_stride must be one of \(1, 2\)"),
+    (dict(cifar_stem_stride=2, image_size=64), r"--cifar_stem_stride=2 sets the CIFAR stem's stride, but --image_size=64"),
+])
+def test_cifar_stem_stride_is_checked_against_the_stem_it_sets(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resnet_lib.check_config(helpers.tiny_model_config(**overrides))
+    with pytest.raises(ValueError, match="cifar_stem_stride"):
+        resnet(18, 0.125, cifar_stem=overrides.get("image_size", 32) <= 32, cifar_stem_stride=overrides["cifar_stem_stride"])
 
 
 def test_strided_1x1_conv_on_few_channels_subsamples_first_with_the_same_math():

@@ -86,6 +86,8 @@ def test_contradicting_flags_are_named_with_the_values_found():
         "--proj_out_dim=64 (found 128)"]
     cifar = architecture.contradictions(found, dataclasses.replace(right, image_size=32))
     assert cifar == ["--image_size=32 (found the ImageNet stem, used for --image_size > 32)"]
+    strided = architecture.contradictions(found, dataclasses.replace(right, image_size=32, cifar_stem_stride=2))
+    assert strided[1:] == ["--cifar_stem_stride=2 (the reference's stems have stride 1 there)"]
     assert architecture.contradictions(found, dataclasses.replace(right, num_proj_layers=2)) == [
         "--num_proj_layers=2 (found 3)"]
     assert architecture.contradictions(found, ModelConfig(backbone="mine", **_arch_fields(right)))[0] == \

@@ -40,6 +40,9 @@ def check_config(config: Config) -> None:
     backbone = backbones.get_backbone(m.backbone)
     if backbone.check is not None:
         backbone.check(m)
+    if m.backbone != "resnet" and m.cifar_stem_stride != 1:
+        raise ValueError(f"--cifar_stem_stride sets the stride of ResNet's CIFAR stem; --backbone={m.backbone} "
+                         "has no such stem. Leave --cifar_stem_stride=1.")
     _check_image_size(config)
     if t.train_batch_size < 2 and t.train_mode == "pretrain":
         raise ValueError(f"--train_batch_size must be >= 2 for contrastive pretraining (negatives come from the batch). Received: {t.train_batch_size}")
@@ -284,6 +287,8 @@ def _check_weights_source(config: Config, source) -> None:
         model = factory.model_from_config(config, (num_classes or 2) if with_head else None, plain_batch_norm=True)
         skipped = ("supervised_head",) if unknown_head else ()
         _raise_on_mismatch(f"--model_dir={t.model_dir} holds {resume}", resume, model, skipped, config)
+        _check_stem_stride(f"--model_dir={t.model_dir} holds {resume}, which", ckpt_lib.read_meta(resume).get("config"),
+                           config)
         return
     if not t.checkpoint:
         if t.train_mode == "finetune":
@@ -301,6 +306,7 @@ def _check_weights_source(config: Config, source) -> None:
                                           plain_batch_norm=True)
         folder = ckpt_lib.resolve_checkpoint(t.checkpoint)
         _raise_on_mismatch(f"--checkpoint={t.checkpoint}", folder, model, ("supervised_head",), config)
+        _check_stem_stride(f"--checkpoint={t.checkpoint}", ckpt_lib.read_meta(folder).get("config"), config)
 
 
 def checkpoint_mismatches(folder: str, model, exclude_parts: tuple[str, ...] = ()) -> list[str]:
@@ -329,7 +335,26 @@ def _flag_differences(meta_config: dict, config: Config) -> list[str]:
     ]
     if "image_size" in stored and (stored["image_size"] <= 32) != here.cifar_stem:
         diffs.append(f"--image_size={stored['image_size']} (here {here.image_size}: the stem differs at 32 px)")
+    stride = _stem_stride_difference(stored, here)
+    if stride:
+        diffs.append(stride)
     return diffs
+
+
+def _stem_stride_difference(stored: dict, here) -> str:
+    """`--cifar_stem_stride=<stored> (here <ours>)` when they differ (absent means 1, as before the flag), else ''."""
+    stored_stride = stored.get("cifar_stem_stride", 1)
+    if stored_stride == here.cifar_stem_stride:
+        return ""
+    return f"--cifar_stem_stride={stored_stride} (here {here.cifar_stem_stride})"
+
+
+def _check_stem_stride(what: str, meta_config: dict, config: Config) -> None:
+    """The stem's stride changes the model but no variable's shape, so shape checks cannot see it: compare the meta."""
+    difference = _stem_stride_difference((meta_config or {}).get("model") or {}, config.model)
+    if difference:
+        raise ValueError(f"{what} was trained with {difference}: its weights fit either stride but compute another "
+                         "model; pass the same --cifar_stem_stride.")
 
 
 def _raise_on_mismatch(what: str, folder: str, model, exclude_parts: tuple[str, ...], config: Config) -> None:

@@ -247,6 +247,8 @@ def contradictions(arch: ReferenceArchitecture, config: ModelConfig) -> list:
         stem = "the CIFAR stem, used for --image_size <= 32" if arch.cifar_stem else \
             "the ImageNet stem, used for --image_size > 32"
         found.append(f"--image_size={config.image_size} (found {stem})")
+    if config.cifar_stem_stride != 1:
+        found.append(f"--cifar_stem_stride={config.cifar_stem_stride} (the reference's stems have stride 1 there)")
     single_layer = arch.proj_head_mode == "nonlinear" and arch.num_proj_layers == 1
     mode_matches = config.proj_head_mode == arch.proj_head_mode or (single_layer and config.proj_head_mode == "linear")
     if not mode_matches:

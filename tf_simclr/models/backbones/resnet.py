@@ -45,6 +45,7 @@ _BOTTLENECK_EXPANSION = 4
 _SK_MIN_DIM = 32
 CIFAR_STEM_STRIDE = 8  # The CIFAR stem keeps the resolution; block groups 2-4 halve it.
 IMAGENET_STEM_STRIDE = 32  # The ImageNet stem adds a stride-2 conv and a stride-2 max pool.
+CIFAR_STEM_STRIDES = (1, 2)  # The CIFAR stem conv's stride: 1 as the reference, or 2 (`--cifar_stem_stride`).
 
 
 def scaled_channels(base: int, width_multiplier: float) -> int:
@@ -358,7 +359,7 @@ def block_group(x, block_fn, filters: int, num_blocks: int, strides: int, opts: 
     return x
 
 
-def stem(x, width_multiplier: float, cifar_stem: bool, opts: BlockOptions):
+def stem(x, width_multiplier: float, cifar_stem: bool, opts: BlockOptions, cifar_stem_stride: int = 1):
     """The layers before block_group1.
 
     Returns:
@@ -367,7 +368,7 @@ def stem(x, width_multiplier: float, cifar_stem: bool, opts: BlockOptions):
     """
     channels = scaled_channels(64, width_multiplier)
     if cifar_stem:
-        conv = conv2d_fixed_padding(x, channels, 3, 1, "initial_conv")
+        conv = conv2d_fixed_padding(x, channels, 3, cifar_stem_stride, "initial_conv")
         y = _bn_relu(conv, opts, "initial_bn", "initial_relu")
         return conv, layers.Identity(name="initial_max_pool")(y)
     if opts.sk_ratio > 0:  # ResNet-D: three 3x3 convs instead of one 7x7.
@@ -384,6 +385,14 @@ def stem(x, width_multiplier: float, cifar_stem: bool, opts: BlockOptions):
     return conv, y
 
 
+def _check_stem_stride(stride, cifar_stem: bool, name: str, other_stem: str) -> None:
+    if stride not in CIFAR_STEM_STRIDES:
+        raise ValueError(f"{name} must be one of {CIFAR_STEM_STRIDES}. Received: {name}={stride!r}")
+    if stride != 1 and not cifar_stem:
+        raise ValueError(f"{name}={stride} sets the CIFAR stem's stride, but {other_stem} selects the ImageNet "
+                         f"stem; leave {name}=1 there.")
+
+
 def _check_depth(depth):
     if depth not in BLOCKS_PER_DEPTH:
         raise ValueError(f"Unsupported ResNet depth; use one of {sorted(BLOCKS_PER_DEPTH)}. Received: depth={depth}")
@@ -398,6 +407,7 @@ def resnet(
     batch_norm_decay: float = 0.9,
     global_bn: bool = False,
     name: str = "resnet",
+    cifar_stem_stride: int = 1,
 ) -> keras.Model:
     """ResNet v1 encoder as the SimCLR reference, returning a dict of features.
 
@@ -414,6 +424,11 @@ def resnet(
       batch_norm_decay: Batch-norm momentum. Defaults to 0.9.
       global_bn: Cross-replica batch norm (TensorFlow backend). Defaults to False.
       name: Model name. Defaults to "resnet".
+      cifar_stem_stride: Stride of the CIFAR stem's conv, 1 (the reference) or
+        2. Stride 2 gives block_group1 a quarter of the pixels: a 28-px image
+        costs about what a 14-px one does with stride 1, but the stem still
+        sees all 28x28 pixels. The weights are the same shapes either way.
+        Defaults to 1.
 
     Returns:
       A functional `keras.Model` mapping images (B, H, W, 3) to a dict with
@@ -427,12 +442,13 @@ def resnet(
         raise ValueError(f"sk_ratio and se_ratio must be >= 0 (0 disables). Received: sk_ratio={sk_ratio}, se_ratio={se_ratio}")
     if not 0.0 <= batch_norm_decay <= 1.0:
         raise ValueError(f"batch_norm_decay must be in [0, 1]. Received: batch_norm_decay={batch_norm_decay}")
+    _check_stem_stride(cifar_stem_stride, cifar_stem, "cifar_stem_stride", "cifar_stem=False")
 
     opts = BlockOptions(float(batch_norm_decay), bool(global_bn), float(sk_ratio), float(se_ratio))
     block_fn = bottleneck_block if depth in BOTTLENECK_DEPTHS else residual_block
 
     images = keras.Input((None, None, 3), name="images")
-    initial_conv, x = stem(images, width_multiplier, cifar_stem, opts)
+    initial_conv, x = stem(images, width_multiplier, cifar_stem, opts, cifar_stem_stride)
     outputs = {"initial_conv": initial_conv, "initial_max_pool": x}
     for g, num_blocks in enumerate(BLOCKS_PER_DEPTH[depth], start=1):
         filters = scaled_channels(_GROUP_BASE_FILTERS[g - 1], width_multiplier)
@@ -462,15 +478,17 @@ def check_config(config) -> None:
         raise ValueError(f"--width_multiplier must be > 0 (fractions like 0.125 are fine). Received: {config.width_multiplier}")
     if config.sk_ratio < 0 or config.se_ratio < 0:
         raise ValueError(f"--sk_ratio and --se_ratio must be >= 0 (0 disables). Received: {config.sk_ratio}, {config.se_ratio}")
+    _check_stem_stride(config.cifar_stem_stride, config.cifar_stem, "--cifar_stem_stride",
+                       f"--image_size={config.image_size} (> 32)")
 
 
 def total_stride(config) -> int:
-    """How much the encoder downsamples: 8 with the CIFAR stem (image_size <= 32), else 32.
+    """How much the encoder downsamples: 8 (or 16 at stride 2) with the CIFAR stem (image_size <= 32), else 32.
 
     Padding rounds every stage up, so the final map is never below 1x1; under
     one stride's worth of pixels it is made of padding instead of image.
     """
-    return CIFAR_STEM_STRIDE if config.cifar_stem else IMAGENET_STEM_STRIDE
+    return CIFAR_STEM_STRIDE * config.cifar_stem_stride if config.cifar_stem else IMAGENET_STEM_STRIDE
 
 
 def build(config) -> keras.Model:
@@ -479,6 +497,7 @@ def build(config) -> keras.Model:
         depth=config.resnet_depth,
         width_multiplier=config.width_multiplier,
         cifar_stem=config.cifar_stem,
+        cifar_stem_stride=config.cifar_stem_stride,
         sk_ratio=config.sk_ratio,
         se_ratio=config.se_ratio,
         batch_norm_decay=config.batch_norm_decay,

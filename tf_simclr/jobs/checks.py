@@ -287,8 +287,8 @@ def _check_weights_source(config: Config, source) -> None:
         model = factory.model_from_config(config, (num_classes or 2) if with_head else None, plain_batch_norm=True)
         skipped = ("supervised_head",) if unknown_head else ()
         _raise_on_mismatch(f"--model_dir={t.model_dir} holds {resume}", resume, model, skipped, config)
-        _check_stem_stride(f"--model_dir={t.model_dir} holds {resume}, which", ckpt_lib.read_meta(resume).get("config"),
-                           config)
+        stored = ckpt_lib.read_meta(resume).get("config")
+        _refuse_other_stem_stride(f"--model_dir={t.model_dir} holds {resume}, which", stored, config)
         return
     if not t.checkpoint:
         if t.train_mode == "finetune":
@@ -306,7 +306,7 @@ def _check_weights_source(config: Config, source) -> None:
                                           plain_batch_norm=True)
         folder = ckpt_lib.resolve_checkpoint(t.checkpoint)
         _raise_on_mismatch(f"--checkpoint={t.checkpoint}", folder, model, ("supervised_head",), config)
-        _check_stem_stride(f"--checkpoint={t.checkpoint}", ckpt_lib.read_meta(folder).get("config"), config)
+        _refuse_other_stem_stride(f"--checkpoint={t.checkpoint}", ckpt_lib.read_meta(folder).get("config"), config)
 
 
 def checkpoint_mismatches(folder: str, model, exclude_parts: tuple[str, ...] = ()) -> list[str]:
@@ -349,7 +349,7 @@ def _stem_stride_difference(stored: dict, here) -> str:
     return f"--cifar_stem_stride={stored_stride} (here {here.cifar_stem_stride})"
 
 
-def _check_stem_stride(what: str, meta_config: dict, config: Config) -> None:
+def _refuse_other_stem_stride(what: str, meta_config: dict, config: Config) -> None:
     """The stem's stride changes the model but no variable's shape, so shape checks cannot see it: compare the meta."""
     difference = _stem_stride_difference((meta_config or {}).get("model") or {}, config.model)
     if difference:

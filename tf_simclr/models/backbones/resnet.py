@@ -389,8 +389,7 @@ def _check_stem_stride(stride, cifar_stem: bool, name: str, other_stem: str) -> 
     if stride not in CIFAR_STEM_STRIDES:
         raise ValueError(f"{name} must be one of {CIFAR_STEM_STRIDES}. Received: {name}={stride!r}")
     if stride != 1 and not cifar_stem:
-        raise ValueError(f"{name}={stride} sets the CIFAR stem's stride, but {other_stem} selects the ImageNet "
-                         f"stem; leave {name}=1 there.")
+        raise ValueError(f"{name}={stride} sets the CIFAR stem's stride, but {other_stem} selects the ImageNet stem; leave {name}=1 there.")
 
 
 def _check_depth(depth):
@@ -424,11 +423,8 @@ def resnet(
       batch_norm_decay: Batch-norm momentum. Defaults to 0.9.
       global_bn: Cross-replica batch norm (TensorFlow backend). Defaults to False.
       name: Model name. Defaults to "resnet".
-      cifar_stem_stride: Stride of the CIFAR stem's conv, 1 (the reference) or
-        2. Stride 2 gives block_group1 a quarter of the pixels: a 28-px image
-        costs about what a 14-px one does with stride 1, but the stem still
-        sees all 28x28 pixels. The weights are the same shapes either way.
-        Defaults to 1.
+      cifar_stem_stride: The CIFAR stem conv's stride, 1 (the reference) or 2 (a quarter of the
+        pixels for the block groups; same weight shapes). Defaults to 1.
 
     Returns:
       A functional `keras.Model` mapping images (B, H, W, 3) to a dict with
@@ -478,8 +474,7 @@ def check_config(config) -> None:
         raise ValueError(f"--width_multiplier must be > 0 (fractions like 0.125 are fine). Received: {config.width_multiplier}")
     if config.sk_ratio < 0 or config.se_ratio < 0:
         raise ValueError(f"--sk_ratio and --se_ratio must be >= 0 (0 disables). Received: {config.sk_ratio}, {config.se_ratio}")
-    _check_stem_stride(config.cifar_stem_stride, config.cifar_stem, "--cifar_stem_stride",
-                       f"--image_size={config.image_size} (> 32)")
+    _check_stem_stride(config.cifar_stem_stride, config.cifar_stem, "--cifar_stem_stride", f"--image_size={config.image_size} (> 32)")
 
 
 def total_stride(config) -> int:

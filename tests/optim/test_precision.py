@@ -102,6 +102,22 @@ def test_mixed_precision_matches_float32_and_trains(name, rtol):
     assert sum(moved) > len(moved) // 2
 
 
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_mixed_precision_evaluation_matches_numpy_top_k(name):
+    """Evaluation under mixed precision: top-1/top-5 of the half-precision logits, as NumPy counts them."""
+    precision.set_precision(name)
+    keras.utils.set_random_seed(2)
+    model = build_model(TINY, num_classes=10)
+    _compile(model, precision_name=name)
+    rng = np.random.default_rng(2)
+    x, y = rng.random((16, 16, 16, 3), dtype=np.float32), rng.integers(0, 10, 16).astype("int32")
+    got = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    logits = np.asarray(model(x, training=False)["logits_sup"], np.float32)
+    rank = (logits > logits[np.arange(16), y][:, None]).sum(axis=1)  # Classes scored above the true one.
+    assert got["top_1_accuracy"] == pytest.approx(np.mean(rank == 0))
+    assert got["top_5_accuracy"] == pytest.approx(np.mean(rank < 5))
+
+
 def test_float16_overflow_skips_the_step_and_halves_the_scale():
     precision.set_precision("float16")
     keras.utils.set_random_seed(1)

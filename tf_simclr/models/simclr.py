@@ -212,7 +212,8 @@ class SimCLRModel(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.supervised_head is None:
             raise ValueError("Evaluation needs a supervised head: pretrain with lineareval_while_pretraining or fine-tune.")
-        logits = self(images, training=False)["logits_sup"]
+        # Metrics in float32: top-k ops take no bfloat16/float16 logits (mixed precision).
+        logits = ops.cast(self(images, training=False)["logits_sup"], "float32")
         labels = ops.cast(labels, "int32")
         sup_loss, _ = supervised_loss(labels, logits)
         for name, tracker in self._eval_trackers.items():

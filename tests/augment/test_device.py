@@ -19,6 +19,7 @@ import tensorflow as tf
 from scipy import stats
 
 from tf_simclr.augment import device as da
+from tf_simclr.augment import device_color as dc
 from tf_simclr.augment import host
 from tf_simclr.augment.spec import AugmentSpec
 
@@ -123,19 +124,19 @@ def test_colour_ops_equal_tf_image_ops():
     factors = np.array([0.2, 0.7, 1.0, 1.5, 1.8], np.float32)
     deltas = np.array([-0.2, -0.05, 0.0, 0.11, 0.2], np.float32)
     checks = [
-        (da.adjust_brightness, factors, lambda x, f: x * f),
-        (da.adjust_contrast, factors, tf.image.adjust_contrast),
-        (da.adjust_saturation, factors, tf.image.adjust_saturation),
-        (da.adjust_hue, deltas, tf.image.adjust_hue),
+        (dc.adjust_brightness, factors, lambda x, f: x * f),
+        (dc.adjust_contrast, factors, tf.image.adjust_contrast),
+        (dc.adjust_saturation, factors, tf.image.adjust_saturation),
+        (dc.adjust_hue, deltas, tf.image.adjust_hue),
     ]
     for fn, params, reference in checks:
         got = np.asarray(fn(images, params))
         want = np.stack([np.asarray(reference(images[i], params[i])) for i in range(5)])
         np.testing.assert_allclose(got, want, atol=2e-5, err_msg=fn.__name__)
     want = np.stack([np.asarray(tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))) for x in images])
-    np.testing.assert_allclose(np.asarray(da.to_grayscale(images)), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dc.to_grayscale(images)), want, atol=1e-6)
     want = np.stack([np.asarray(host.to_grayscale(tf.constant(x))) for x in images])
-    np.testing.assert_allclose(np.asarray(da.to_grayscale(images)), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dc.to_grayscale(images)), want, atol=1e-6)
 
 
 def test_colour_jitter_applies_each_images_own_order():

@@ -2,7 +2,7 @@
 
     spec    AugmentSpec: every range, probability and order rule, read by both
     host    per image in tf.data (TensorFlow ops)
-    device  whole batches inside the compiled step (keras.ops: TF and JAX)
+    device  whole batches inside the compiled step (keras.ops: TF and JAX; its colour ops in device_color)
     grid    a PNG grid of views, to look at what the model sees
 
 `host` and `grid` need TensorFlow and load on first use, so the package

@@ -52,7 +52,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_simclr.augment.spec import GRAY_WEIGHTS, AugmentSpec
+from tf_simclr.augment.device_color import per_image, saturate_and_rotate_hue, to_grayscale
+from tf_simclr.augment.spec import AugmentSpec
 
 _KEYS_A = -0.5  # The Keys cubic of tf.image.resize(method="bicubic").
 
@@ -236,95 +237,12 @@ def resized_crops(images, top, left, height, width, flip, image_size: int):
     return out if channels == 3 else ops.tile(out, [1, 1, 1, 3])
 
 
-# ----------------------------------------------------------------------------- colour
-
-
-def _per_image(values):
-    return values[:, None, None, None]
-
-
-def adjust_brightness(images, factors):
-    """simclrv2 brightness: multiply by a per-image factor."""
-    return images * _per_image(factors)
-
-
-def adjust_contrast(images, factors):
-    """As tf.image.adjust_contrast: scale each channel's deviation from its mean."""
-    mean = ops.mean(images, axis=(1, 2), keepdims=True)
-    return (images - mean) * _per_image(factors) + mean
-
-
-def _value_and_chroma(images):
-    """HSV value (max) and chroma (max - min) as TF's kernels: chroma 0 where value <= 0."""
-    value = ops.max(images, axis=-1, keepdims=True)
-    chroma = value - ops.min(images, axis=-1, keepdims=True)
-    return value, ops.where(value > 0, chroma, 0.0)
-
-
-def _hue_sixths(images, safe_chroma):
-    """HSV hue in sixths of a turn (in [-1, 5)), from the largest channel's sector.
-
-    The largest channel is found by comparing channels with each other, not
-    with `max(...)`: XLA may recompute a fused value with other rounding, and an
-    exact `r == value` test that fails for every channel would pick a wrong
-    sector (an error of a whole colour, seen under jax.jit on CPU).
-    """
-    r, g, b = images[..., 0:1], images[..., 1:2], images[..., 2:3]
-    r_max = ops.logical_and(r >= g, r >= b)
-    g_max = ops.logical_and(ops.logical_not(r_max), g >= b)
-    return ops.where(r_max, (g - b) / safe_chroma,
-                     ops.where(g_max, 2.0 + (b - r) / safe_chroma, 4.0 + (r - g) / safe_chroma))
-
-
-def adjust_saturation(images, factors):
-    """As tf.image.adjust_saturation, without the HSV round trip.
-
-    Saturation is chroma / value; scaling it (clipped to 1) at fixed hue and
-    value moves every channel towards the value by the same ratio.
-    """
-    value, chroma = _value_and_chroma(images)
-    safe_chroma = ops.where(chroma > 0, chroma, 1.0)
-    ratio = ops.minimum(_per_image(factors), value / safe_chroma)  # New / old saturation.
-    ratio = ops.where(chroma > 0, ratio, 0.0)
-    return value - (value - images) * ratio
-
-
-def adjust_hue(images, deltas):
-    """As tf.image.adjust_hue: rotate the HSV hue by `deltas` (fractions of a turn)."""
-    return _saturate_and_rotate_hue(images, ops.ones_like(deltas), deltas)
-
-
-def to_grayscale(images):
-    """Luma grayscale in three equal channels (the weights of augment.to_grayscale)."""
-    gray = ops.sum(images * ops.convert_to_tensor(GRAY_WEIGHTS, "float32"), axis=-1, keepdims=True)
-    return ops.tile(gray, [1, 1, 1, 3])
+# ----------------------------------------------------------------------------- colour (the ops: device_color)
 
 
 def _jitter_factors(u, spec: AugmentSpec, col: _Columns):
     """`[B]` brightness, contrast, saturation, hue from uniforms, in the spec's ranges."""
     return [lo + (hi - lo) * u[:, col.factors + i] for i, (lo, hi) in enumerate(spec.jitter_ranges())]
-
-
-def _saturate_and_rotate_hue(images, saturation_factors, hue_deltas):
-    """`adjust_saturation` then `adjust_hue` in one HSV round trip.
-
-    Scaling the saturation at fixed hue and value scales the chroma, so the
-    output is rebuilt from the rotated hue, the value and the scaled chroma;
-    with a factor of 1 and a delta of 0 it returns its input (up to ~1e-7).
-    """
-    value, chroma = _value_and_chroma(images)
-    safe = ops.where(chroma > 0, chroma, 1.0)
-    hue = _hue_sixths(images, safe) * ops.where(chroma > 0, 1.0 / 6.0, 0.0) + _per_image(hue_deltas)
-    hue = hue - ops.floor(hue)  # In [0, 1).
-    ratio = ops.minimum(_per_image(saturation_factors), value / safe)  # New / old saturation.
-    chroma = chroma * ops.where(chroma > 0, ratio, 0.0)
-    # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is value - chroma * clip(min(k, 4 - k)).
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = n + 6.0 * hue
-        k = k - 6.0 * ops.floor(k / 6.0)
-        channels.append(value - chroma * ops.clip(ops.minimum(k, 4.0 - k), 0.0, 1.0))
-    return ops.concatenate(channels, axis=-1)
 
 
 def _color_jitter(images, u, spec: AugmentSpec, col: _Columns):
@@ -343,8 +261,8 @@ def _color_jitter(images, u, spec: AugmentSpec, col: _Columns):
         scale = ops.where(chosen == 0, brightness, ops.where(chosen == 1, contrast, 1.0))
         mean_weight = ops.where(chosen == 1, 1.0 - contrast, 0.0)
         mean = ops.mean(images, axis=(1, 2), keepdims=True)
-        images = ops.clip(images * _per_image(scale) + mean * _per_image(mean_weight), 0.0, 1.0)
-        images = _saturate_and_rotate_hue(
+        images = ops.clip(images * per_image(scale) + mean * per_image(mean_weight), 0.0, 1.0)
+        images = saturate_and_rotate_hue(
             images, ops.where(chosen == 2, saturation, 1.0), ops.where(chosen == 3, hue, 0.0))
     return images
 
@@ -352,9 +270,9 @@ def _color_jitter(images, u, spec: AugmentSpec, col: _Columns):
 def _color_distortion(images, u, spec: AugmentSpec, col: _Columns):
     """Jitter with the spec's probability (0.8), then grayscale with its probability (0.2); output in [0, 1]."""
     jittered = _color_jitter(images, u, spec, col)
-    jitter = _per_image(u[:, col.jitter] < spec.jitter_probability)
+    jitter = per_image(u[:, col.jitter] < spec.jitter_probability)
     images = ops.clip(ops.where(jitter, jittered, images), 0, 1)
-    return ops.where(_per_image(u[:, col.gray] < spec.grayscale_probability), to_grayscale(images), images)
+    return ops.where(per_image(u[:, col.gray] < spec.grayscale_probability), to_grayscale(images), images)
 
 
 # ----------------------------------------------------------------------------- blur
@@ -398,7 +316,7 @@ def gaussian_blur(images, sigmas, kernel_size: int):
 def _random_blur(images, u, spec: AugmentSpec, col: _Columns):
     low, high = spec.blur_sigma_range
     blurred = gaussian_blur(images, low + (high - low) * u[:, col.sigma], spec.blur_kernel_size)
-    return ops.where(_per_image(u[:, col.blur] < spec.blur_probability), ops.clip(blurred, 0.0, 1.0), images)
+    return ops.where(per_image(u[:, col.blur] < spec.blur_probability), ops.clip(blurred, 0.0, 1.0), images)
 
 
 # ----------------------------------------------------------------------------- views

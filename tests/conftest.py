@@ -11,6 +11,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any test folder.
+# Subprocesses (workers, run.py, `python -c` scripts) import this checkout's tf_simclr, as the tests
+# themselves do, not whichever copy pip installed: set once here, inherited by every child.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -2,8 +2,8 @@
 
 One small teacher (a 20-step Fashion-MNIST run with a linear head) serves every test.
 The student's numbers are checked against independent computations: the teacher's
-weights against its own checkpoint, agreement on held-out images against argmaxes
-computed here, the export against the trained model, 2 replicas against 1.
+weights against its own checkpoint, the held-out KL to the teacher against a NumPy
+computation from both models' logits, the export against the trained model, 2 replicas against 1.
 """
 
 import hashlib
@@ -55,14 +55,25 @@ def _held_out(data_dir, n=256):
     return images.numpy()
 
 
-def _agreement(model, images):
-    student = np.argmax(np.asarray(model(images, training=False)["logits_sup"]), -1)
-    teacher = np.argmax(np.asarray(model.teacher(images, training=False)), -1)
-    return float(np.mean(student == teacher))
+def _kl_to_teacher(model, images):
+    """Mean KL(teacher || student) of the class distributions (tau = 1), in float64 NumPy.
+
+    Not argmax agreement: a 20-step teacher calls most images one class, and a student
+    that starts out predicting that class already agrees with it by chance.
+    """
+    teacher = np.asarray(model.teacher(images, training=False), np.float64)
+    student = np.asarray(model(images, training=False)["logits_sup"], np.float64)
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_t, log_s = log_softmax(teacher), log_softmax(student)
+    return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)))
 
 
 class AtStart(keras.callbacks.Callback):
-    """The teacher's weights and the student's held-out agreement before the first step."""
+    """The teacher's weights and the student's held-out KL to the teacher before the first step."""
 
     def __init__(self, images):
         super().__init__()
@@ -70,7 +81,7 @@ class AtStart(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.teacher = [np.array(v.numpy()) for v in self.model.teacher.weights]
-        self.agreement = _agreement(self.model, self.images)
+        self.kl = _kl_to_teacher(self.model, self.images)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +109,10 @@ def test_teacher_weights_are_bit_identical_after_distillation(distilled, teacher
     assert not {id(v) for v in model.teacher.weights} & {id(v) for v in model.trainable_variables}
 
 
-def test_student_agreement_with_the_teacher_rises_on_held_out_images(distilled):
-    before, after = distilled["start"].agreement, _agreement(distilled["model"], distilled["images"])
-    assert after >= before + 0.15, (before, after)
+def test_student_moves_towards_the_teacher_on_held_out_images(distilled):
+    before, after = distilled["start"].kl, _kl_to_teacher(distilled["model"], distilled["images"])
+    # Measured: 0.141 -> 0.041 and 0.268 -> 0.093 in two runs; a student that learns nothing stays near 1x.
+    assert before > 0.02 and after <= 0.5 * before, (before, after)
     series = distilled["logs"].series("distill_loss")
     assert len(series) == STEPS and np.mean(series[-4:]) < np.mean(series[:4])
 

@@ -11,15 +11,15 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any test folder.
-# Subprocesses (workers, run.py, `python -c` scripts) import this checkout's tf_simclr, as the tests
-# themselves do, not whichever copy pip installed: set once here, inherited by every child.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import write_image_folder  # noqa: E402  (one place; tests import it from helpers)
+from helpers import REPO, write_image_folder  # noqa: E402  (one place; tests import it from helpers)
+
+# Subprocesses (workers, run.py, `python -c` scripts) import this checkout's tf_simclr, as the tests
+# themselves do, not whichever copy pip installed: set once here, inherited by every child.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
 
 # Two logical CPUs let MirroredStrategy tests run without GPUs. This must happen
 # before TensorFlow initializes its devices, so it lives here and nowhere else.

@@ -157,19 +157,25 @@ def numpy_nt_xent(hidden, temperature, hidden_norm=True):
     return 2.0 * np.mean(losses)
 
 
+def numpy_log_softmax(logits):
+    """Log-softmax over the last axis in float64 NumPy, shifted by the max so that it cannot overflow."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def numpy_softmax_cross_entropy(labels, logits):
     """Mean softmax cross-entropy and accuracy over examples with a label >= 0, in float64 NumPy."""
     labels = np.asarray(labels)
     logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = numpy_log_softmax(logits)
     valid = labels >= 0
     ce = -log_p[valid, labels[valid]]
     correct = np.argmax(logits[valid], axis=1) == labels[valid]
     return float(ce.mean()), float(correct.mean())
 
 
-__all__ += ["numpy_nt_xent", "numpy_softmax_cross_entropy"]
+__all__ += ["numpy_nt_xent", "numpy_log_softmax", "numpy_softmax_cross_entropy"]
 
 
 def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) -> str:

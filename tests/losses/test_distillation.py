@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import numpy_log_softmax as _log_softmax
 from tf_simclr.losses import Distillation, distillation_loss
 from tf_simclr.losses.distillation import agreement
-
-
-def _log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def _numpy_distill(teacher, student, tau, squared):

@@ -61,14 +61,8 @@ def _kl_to_teacher(model, images):
     Not argmax agreement: a 20-step teacher calls most images one class, and a student
     that starts out predicting that class already agrees with it by chance.
     """
-    teacher = np.asarray(model.teacher(images, training=False), np.float64)
-    student = np.asarray(model(images, training=False)["logits_sup"], np.float64)
-
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    log_t, log_s = log_softmax(teacher), log_softmax(student)
+    log_t = helpers.numpy_log_softmax(model.teacher(images, training=False))
+    log_s = helpers.numpy_log_softmax(model(images, training=False)["logits_sup"])
     return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)))
 
 

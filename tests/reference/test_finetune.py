@@ -83,7 +83,7 @@ def test_run_py_fine_tunes_from_the_reference_savedmodel(tinted, tmp_path):
     model_dir = str(tmp_path / "ft")
     argv = [f"--dataset=folder:{tinted}", "--train_split=train", "--eval_split=validation", f"--model_dir={model_dir}",
             f"--checkpoint={fixture_files.SAVED_MODEL}", *fixture_files.flags_of_the_fixture(), *FINETUNE_FLAGS,
-            "--learning_rate=0.1"]  # At 1.0 the restored head's loss can jump on step 2 and end above its start.
+            "--learning_rate=0.1", "--deterministic"]  # At 1.0 the restored head's loss can jump on step 2.
     proc = subprocess.run([sys.executable, helpers.RUN_PY, *argv], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -97,16 +97,19 @@ def test_run_py_fine_tunes_from_the_reference_savedmodel(tinted, tmp_path):
 def test_converted_checkpoint_fine_tunes(converted, tinted, tmp_path):
     """The converted tf_simclr checkpoint as --checkpoint (its encoder; the run's own head starts fresh).
 
-    A fresh head needs a gentler rate than the restored one above (at 1.0 its loss climbs).
+    A fresh head learns slowly from this random encoder, and its per-step losses are noisy (one crop of each of
+    10 images): at 0.1 for 6 steps, without --deterministic, the last loss once came out above the first (2.3568 ->
+    2.3575). So: a fixed stream, 0.3 (at 0.6 the loss climbs for the first steps), 8 steps, and the second half's
+    mean below the first's. Measured for seeds 0-3: drops of 0.06-0.14 in that mean.
     """
     config = helpers.tiny_config(
         f"folder:{tinted}", str(tmp_path / "ft"), model=_fixture_model_fields(), train_mode="finetune",
-        checkpoint=converted["model_dir"], fine_tune_after_block=-1, optimizer="momentum", learning_rate=0.1,
-        weight_decay=0.0, train_batch_size=BATCH, train_steps=STEPS, checkpoint_steps=STEPS, seed=0)
+        checkpoint=converted["model_dir"], fine_tune_after_block=-1, optimizer="momentum", learning_rate=0.3,
+        weight_decay=0.0, train_batch_size=BATCH, train_steps=8, checkpoint_steps=8, seed=0, deterministic=True)
     steps = helpers.StepLogs()
     model = trainer.train(config, callbacks=[steps])
     losses = steps.series("sup_loss")
-    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    assert len(losses) == 8 and losses[-1] < losses[0] and np.mean(losses[4:]) < np.mean(losses[:4]), losses
     _assert_trained_from_the_reference(model)
 
 

@@ -69,6 +69,25 @@ def test_knn_matches_brute_force(k, temperature, batch_size):
     )
 
 
+def test_knn_of_grayscale_as_rgb_pixels_matches_brute_force_on_all_channels(monkeypatch):
+    """Repeated channels are scored on one copy (same cosines); one differing value keeps all channels."""
+    rng = np.random.default_rng(3)
+    gray_train, gray_test = rng.uniform(0, 1, (80, 5, 5, 1)), rng.uniform(0, 1, (30, 5, 5, 1))
+    train_x, test_x = (np.repeat(g, 3, axis=-1).reshape(len(g), -1).astype("float32") for g in (gray_train, gray_test))
+    train_y = rng.integers(0, 4, 80)
+    widths = []
+    original = knn._l2_normalize
+    monkeypatch.setattr(knn, "_l2_normalize", lambda x: (widths.append(int(x.shape[-1])), original(x))[1])
+    for x_test in (test_x, np.where(np.arange(test_x.size).reshape(test_x.shape) == 7, 0.5, test_x)):
+        widths.clear()
+        expected = brute_force_knn_scores(train_x, train_y, x_test, 20, 0.1, 4)
+        scores = knn.knn_scores(train_x, train_y, x_test, k=20, temperature=0.1, num_classes=4)
+        np.testing.assert_array_equal(np.argmax(scores, 1), np.argmax(expected, 1))
+        np.testing.assert_allclose(scores / scores.sum(1, keepdims=True), expected / expected.sum(1, keepdims=True),
+                                   rtol=1e-4, atol=1e-6)
+        assert set(widths) == ({25} if x_test is test_x else {75}), widths
+
+
 def test_knn_k_larger_than_train_set_is_every_training_example_voting():
     rng = np.random.default_rng(3)
     train_x, train_y = rng.normal(size=(15, 8)), rng.integers(0, 3, size=15)

@@ -116,24 +116,33 @@ def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_pat
     # Learning: the training loss of the first 20 steps vs the last 20 (Keras logs running means per epoch).
     assert resumed.series("contrast_loss")[-1] < crashing.series("contrast_loss")[19] - 0.3
     assert 0 < resumed.series("learning_rate")[-1] < crashing.series("learning_rate")[0]  # Cosine decay continued.
-    # And on fixed augmented pairs of test images (8 groups of 32, as in training), the trained
-    # encoder finds positives far more often than a randomly initialized one of the same shape.
+    # And on fixed augmented pairs of test images (8 groups of 32 pairs, as in training), the trained encoder
+    # ranks each view's positive far higher among the group's 63 other views (NumPy cosines) than a randomly
+    # initialized one of the same shape, and its NT-Xent loss is lower. (Top-1 accuracy over so few anchors is
+    # too noisy to compare: 0.11-0.15 trained vs 0.05-0.09 random; the mean rank is 13.9-15.0 vs 28.1-29.0,
+    # chance 31, in 5 runs.)
     views = pipeline.Views("pretrain", spec_from_config(config.data, config.model.image_size))
     pairs, _ = next(iter(pipeline.build_dataset(source, "test", views, 256, seed=0)))
-    views = np.concatenate([pairs[..., :3], pairs[..., 3:]], 0)
+    groups = [np.concatenate([pairs[i * 32:(i + 1) * 32, ..., :3], pairs[i * 32:(i + 1) * 32, ..., 3:]], 0)
+              for i in range(8)]
 
     def pair_scores(m):
-        accuracies, losses = [], []
-        for i in range(8):
-            group = np.concatenate([views[i * 32:(i + 1) * 32], views[256 + i * 32:256 + (i + 1) * 32]], 0)
-            loss, logits, labels = ntxent.contrastive_loss(m(group, training=False)["proj_head_output"], temperature=0.5)
-            accuracies.append(float(ntxent.contrastive_metrics(logits, labels)[0]))
-            losses.append(float(loss))
-        return np.mean(accuracies), np.mean(losses)
+        ranks, losses = [], []
+        for group in groups:
+            z = m(group, training=False)["proj_head_output"]
+            losses.append(float(ntxent.contrastive_loss(z, temperature=0.5)[0]))
+            z = np.asarray(z, np.float64)
+            z /= np.linalg.norm(z, axis=1, keepdims=True)
+            similarity = z @ z.T
+            np.fill_diagonal(similarity, -np.inf)
+            positive = similarity[np.arange(64), (np.arange(64) + 32) % 64]
+            ranks.append(np.sum(similarity > positive[:, None], axis=1))  # 0: the positive is the nearest.
+        return np.mean(np.concatenate(ranks)), np.mean(losses)
 
-    trained_acc, trained_loss = pair_scores(model)
-    random_acc, random_loss = pair_scores(build_model(config.model))
-    assert trained_acc > random_acc + 0.05 and trained_loss < random_loss - 0.4, (trained_acc, random_acc)
+    trained_rank, trained_loss = pair_scores(model)
+    random_rank, random_loss = pair_scores(build_model(config.model))
+    assert trained_rank < 0.7 * random_rank and trained_loss < random_loss - 0.4, (trained_rank, random_rank,
+                                                                                   trained_loss, random_loss)
 
     # The run's bookkeeping: flags.json, TensorBoard events with the reference's summary names.
     with open(os.path.join(model_dir, "flags.json")) as f:

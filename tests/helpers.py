@@ -64,8 +64,8 @@ __all__ = ["REPO", "RUN_PY", "tiny_model_config", "tiny_config", "replace", "Ste
 from tf_simclr.data.sources import BaseSource, shard  # noqa: E402  (appended helpers below)
 
 
-class ArraySource(BaseSource):
-    """A minimal in-memory `ImageSource`: a `BaseSource` with only `num_examples` and `as_dataset`.
+class PositionSource(BaseSource):
+    """The least a source can be: a `BaseSource` with only `num_examples` and `as_dataset` (its generic methods).
 
     Example i is a `size` x `size` x 3 image filled with `i % 256`, label `i % num_classes`
     (-1 everywhere when `num_classes` is 0); examples are addressable by position only.
@@ -88,7 +88,7 @@ class ArraySource(BaseSource):
         return shard(tf.data.Dataset.from_tensor_slices((self.images, self.labels)), input_context)
 
 
-__all__ += ["ArraySource"]
+__all__ += ["PositionSource"]
 
 
 def run_cli(*args: str) -> int:
@@ -190,6 +190,40 @@ def write_image_folder(root, classes=("a", "b"), per_class=24, size=20, seed=0) 
             with open(os.path.join(root, label, f"{i:03d}.png"), "wb") as f:
                 f.write(tf.io.encode_png(pixels).numpy())
     return str(root)
+
+
+def write_idx(path, array: np.ndarray, gz: bool = True) -> str:
+    """An idx file written by hand from the format's definition (zero, zero, 0x08, ndim, big-endian dims, bytes)."""
+    import gzip
+    import struct
+
+    array = np.asarray(array, np.uint8)
+    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def write_idx_folder(folder, n_train=40, n_test=20, size=12, seed=0, splits=None) -> str:
+    """A folder of the four Fashion-MNIST idx files (the test split's not gzipped).
+
+    `splits` (`{split: (images [N, H, W], labels [N])}`) gives the contents; by
+    default random images with labels `arange(n) % 10`.
+    """
+    from tf_simclr.data import idx
+
+    rng = np.random.default_rng(seed)
+    if splits is None:
+        splits = {split: (rng.integers(0, 256, (n, size, size)), np.arange(n) % 10)
+                  for split, n in (("train", n_train), ("test", n_test))}
+    os.makedirs(folder, exist_ok=True)
+    for split, (images, labels) in splits.items():
+        images_name, labels_name = idx.SPLIT_FILES[split]
+        gz = split == "train"
+        suffix = ".gz" if gz else ""
+        write_idx(os.path.join(folder, images_name + suffix), images, gz)
+        write_idx(os.path.join(folder, labels_name + suffix), labels, gz)
+    return str(folder)
 
 
 def free_ports(n: int) -> list[int]:

@@ -4,7 +4,7 @@ The package, one area per folder (docs/architecture.md draws it):
 
     config      Config and its sections: every field is also a flag
     jobs        run(config): a whole job, checked before any work
-    data        sources (TFDS, image folders, label subsets) and the tf.data pipeline
+    data        sources (TFDS, image folders, in-memory arrays, label subsets) and the tf.data pipeline
     augment     one augmentation spec; host (tf.data) and device (keras.ops) implementations
     models      backbones by name, heads, SimCLRModel, the one model factory
     losses      NT-Xent and the supervised loss; losses by name
@@ -23,7 +23,9 @@ The package, one area per folder (docs/architecture.md draws it):
     tf_simclr.run(config)
 
 The model, losses, optimizers and on-device augmentation import with Keras alone
-(any backend, no TensorFlow); names that need TensorFlow load on first use.
+(any backend, no TensorFlow); under KERAS_BACKEND=jax, pretraining on in-memory
+arrays (`ArraySource`, `--dataset=idx:DIR`) and the frozen-feature report run
+without TensorFlow too. Names that need TensorFlow load on first use.
 """
 
 import importlib
@@ -42,12 +44,14 @@ _PUBLIC = {
     "build_model": "tf_simclr.models", "register_backbone": "tf_simclr.models",
     "LARS": "tf_simclr.optim", "WarmUpAndCosineDecay": "tf_simclr.optim", "build_optimizer": "tf_simclr.optim",
     "register_optimizer": "tf_simclr.optim", "scale_learning_rate": "tf_simclr.optim",
-    # These need TensorFlow.
+    # With in-memory arrays under KERAS_BACKEND=jax these run without TensorFlow (data.arrays).
     "run": "tf_simclr.jobs",
     "train": "tf_simclr.training.trainer",
     "load_source": "tf_simclr.data.sources",
+    "ArraySource": "tf_simclr.data.arrays",
+    "Views": "tf_simclr.data.views",
+    # These need TensorFlow.
     "build_dataset": "tf_simclr.data.pipeline",
-    "Views": "tf_simclr.data.pipeline",
     "load_encoder": "tf_simclr.export.load",
     "export_saved_model": "tf_simclr.export.hub_module",
     "frozen_feature_report": "tf_simclr.evaluation.report",

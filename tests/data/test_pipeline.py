@@ -112,7 +112,7 @@ def test_cache_comes_before_augmentation(tmp_path):
 
 def test_cache_reads_each_file_once(tmp_path, monkeypatch):
     """With cache=True the second epoch is served from memory: the source is iterated once."""
-    source = helpers.ArraySource(3, size=4)
+    source = helpers.PositionSource(3, size=4)
     passes = []
     original = source.as_dataset
 
@@ -180,7 +180,7 @@ def test_default_shuffle_buffer_is_the_references(batch, size, expected):
 
 def _first_labels(size, batch_size, shuffle_buffer=None, batches=10, seed=0):
     """Labels (= source positions) of the first batches of a shuffled fine-tuning stream."""
-    source = helpers.ArraySource(1000, num_classes=1000)  # Label i is example i: shows where it came from.
+    source = helpers.PositionSource(1000, num_classes=1000)  # Label i is example i: shows where it came from.
     ds = build_dataset(source, "train", _finetune(size), batch_size=batch_size, seed=seed, deterministic=True,
                        shuffle_buffer=shuffle_buffer)
     return np.concatenate([y.numpy() for _, y in ds.take(batches)])
@@ -209,7 +209,7 @@ def test_explicit_shuffle_buffer_overrides_the_default():
 
 
 def test_on_device_views_batch_uint8_images_of_the_sources_size():
-    source = helpers.ArraySource(8, size=12)
+    source = helpers.PositionSource(8, size=12)
     assert pipeline.device_input_size(source, 16) == (12, 12)  # One image size: kept.
     ds = build_dataset(source, "train", Views("pretrain", AugmentSpec(16), on_device=True), batch_size=4, seed=0)
     images, labels = next(iter(ds))

@@ -218,31 +218,31 @@ def test_base_source_needs_num_examples_and_as_dataset():
         bare.num_examples("train")
     with pytest.raises(NotImplementedError):
         bare.as_dataset("train", shuffle_files=False)
-    assert repr(helpers.ArraySource()) == "ArraySource('arrays')"
-    assert isinstance(helpers.ArraySource(), ImageSource)
+    assert repr(helpers.PositionSource()) == "PositionSource('arrays')"
+    assert isinstance(helpers.PositionSource(), ImageSource)
 
 
 def test_base_source_check_split_and_labels():
-    source = helpers.ArraySource(6)
+    source = helpers.PositionSource(6)
     source.check_split("train[:50%]")
     with pytest.raises(ValueError, match=r"split='test'; available: \['train'\]"):
         source.check_split("test")
     assert source.is_labeled("train")
-    assert not helpers.ArraySource(6, num_classes=0).is_labeled("train")
-    unlabelled = helpers.ArraySource(6, split="unlabelled")
+    assert not helpers.PositionSource(6, num_classes=0).is_labeled("train")
+    unlabelled = helpers.PositionSource(6, split="unlabelled")
     assert not unlabelled.is_labeled("unlabelled") and not unlabelled.is_labeled("unlabeled[:10]")
 
 
 def test_base_source_split_index_is_one_pass_over_labels():
-    labels, names = helpers.ArraySource(7, num_classes=3).split_index("train")
+    labels, names = helpers.PositionSource(7, num_classes=3).split_index("train")
     np.testing.assert_array_equal(labels, [0, 1, 2, 0, 1, 2, 0])
     assert names is None and labels.dtype == np.int64
-    unlabelled, _ = helpers.ArraySource(4, num_classes=2, split="unlabelled").split_index("unlabelled")
+    unlabelled, _ = helpers.PositionSource(4, num_classes=2, split="unlabelled").split_index("unlabelled")
     np.testing.assert_array_equal(unlabelled, [-1] * 4)  # Unlabeled splits report -1, not their stored labels.
 
 
 def test_base_source_ids_are_indices_only():
-    source = helpers.ArraySource(12)
+    source = helpers.PositionSource(12)
     indices, ids, key = source.resolve_ids("train", ["7", "3", "3", 5])
     np.testing.assert_array_equal(indices, [3, 5, 7])
     assert ids is None and key is None
@@ -253,7 +253,7 @@ def test_base_source_ids_are_indices_only():
 
 
 def test_base_source_select_keeps_chosen_positions_and_shards():
-    source = helpers.ArraySource(12)
+    source = helpers.PositionSource(12)
     chosen = [int(image[0, 0, 0]) for image, _ in source.select("train", indices=[9, 2, 4]).as_numpy_iterator()]
     assert chosen == [2, 4, 9]
     shares = []

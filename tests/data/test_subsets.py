@@ -10,7 +10,7 @@ from PIL import Image
 
 import helpers
 from tf_simclr.augment.spec import AugmentSpec
-from tf_simclr.data import subsets
+from tf_simclr.data import filters, subsets
 from tf_simclr.data.pipeline import Views, build_dataset
 from tf_simclr.data.sources import ImageSource, load_source
 from tf_simclr.data.tfds_source import TFDSSource
@@ -116,11 +116,11 @@ def _dict_dataset(n=20):
 
 def test_filter_by_ids_keeps_exactly_the_named_examples():
     wanted = ["n1_4.JPEG", "n2_17.JPEG", "n0_0.JPEG", "not_there.JPEG"]
-    kept = list(subsets.filter_by_ids(_dict_dataset(), wanted, "file_name").as_numpy_iterator())
+    kept = list(filters.filter_by_ids(_dict_dataset(), wanted, "file_name").as_numpy_iterator())
     assert [ex["file_name"].decode() for ex in kept] == ["n0_0.JPEG", "n1_4.JPEG", "n2_17.JPEG"]  # Dataset order.
     assert [int(ex["image"][0, 0, 0]) for ex in kept] == [0, 4, 17]
     with pytest.raises(ValueError, match="id_key='id'"):
-        subsets.filter_by_ids(_dict_dataset(), wanted, "id")
+        filters.filter_by_ids(_dict_dataset(), wanted, "id")
 
 
 def test_filter_by_indices_keeps_positions_and_stops_early():
@@ -131,9 +131,9 @@ def test_filter_by_indices_keeps_positions_and_stops_early():
             return tf.identity(x)
 
     ds = tf.data.Dataset.range(100).map(guarded)
-    assert list(subsets.filter_by_indices(ds, [12, 3, 3, 7]).as_numpy_iterator()) == [3, 7, 12]
+    assert list(filters.filter_by_indices(ds, [12, 3, 3, 7]).as_numpy_iterator()) == [3, 7, 12]
     with pytest.raises(ValueError, match=">= 0"):
-        subsets.filter_by_indices(ds, [-1, 2])
+        filters.filter_by_indices(ds, [-1, 2])
 
 
 # ---------------------------------------------------------------- TFDS sources
@@ -252,7 +252,7 @@ def test_folder_subset_by_fraction_and_by_names(tmp_path):
 
 
 def test_generic_source_subset_by_index_and_recorded_file(tmp_path):
-    source = helpers.ArraySource(12)  # A BaseSource: examples are only addressable by position.
+    source = helpers.PositionSource(12)  # A BaseSource: examples are only addressable by position.
     chosen = subsets.subset_source(source, "train", per_class=2, seed=5)
     expected = subsets.balanced_subset_ids(source.labels, per_class=2, seed=5)
     assert chosen.ids == [str(i) for i in expected]

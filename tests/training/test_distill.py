@@ -167,7 +167,7 @@ def test_flag_problems_fail_before_any_work(image_folder, teacher_dir, tmp_path)
 
 
 def test_label_share_keeps_only_the_chosen_labels():
-    source = helpers.ArraySource(n=40, num_classes=4, size=2)
+    source = helpers.PositionSource(n=40, num_classes=4, size=2)
     config = helpers.tiny_config("arrays", "/unused", train_mode="distill", teacher="/unused",
                                  distill_label_weight=0.5, train_label_fraction=0.25, subset_seed=3)
     masked = subsets.labelled_subset(config.replace(data={"train_split": "train"}), source)

@@ -53,7 +53,7 @@ import numpy as np
 from keras import ops
 
 from tf_simclr.augment.device_color import per_image, saturate_and_rotate_hue, to_grayscale
-from tf_simclr.augment.spec import AugmentSpec
+from tf_simclr.augment.spec import EVAL_CROP_PROPORTION, AugmentSpec
 
 _KEYS_A = -0.5  # The Keys cubic of tf.image.resize(method="bicubic").
 
@@ -383,6 +383,41 @@ def device_views(images, seed, spec: AugmentSpec, *, num_views: int = 2):
     size = spec.image_size
     views = ops.reshape(views, (num_views, -1, size, size, 3))
     return ops.reshape(ops.transpose(views, (1, 2, 3, 0, 4)), (-1, size, size, 3 * num_views))
+
+
+def eval_views(images, image_size: int):
+    """The evaluation view of every image of a batch: `host.eval_view` in `keras.ops` (no TensorFlow needed).
+
+    The central crop (87.5% of the short side) where the spec takes one (above 32 px),
+    then the bicubic resize to `image_size`, clipped to [0, 1]; images already of that
+    size without a crop are only scaled, as on the host.
+
+    Args:
+        images: uint8 `[B, H, W, C]`, C in {1, 3}, static H and W.
+        image_size: Output side S.
+
+    Returns:
+        float32 `[B, S, S, 3]` in [0, 1].
+    """
+    images = ops.convert_to_tensor(images)
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    if not AugmentSpec(int(image_size)).eval_crop() and (height, width) == (image_size, image_size):
+        out = ops.cast(images, "float32") * (1.0 / 255.0 if "int" in str(images.dtype) else 1.0)
+        return ops.clip(out if channels == 3 else ops.tile(out, [1, 1, 1, 3]), 0.0, 1.0)
+    if AugmentSpec(int(image_size)).eval_crop():  # A square crop of the short side (host._crop_shape, aspect 1).
+        side = float(np.rint(EVAL_CROP_PROPORTION * min(height, width)))
+        crop_height = crop_width = side
+    else:
+        crop_height, crop_width = float(height), float(width)
+    top, left = float((height - int(crop_height) + 1) // 2), float((width - int(crop_width) + 1) // 2)
+    batch = ops.shape(images)[0]
+
+    def column(value):
+        return ops.full((batch,), value, "float32")
+
+    out = resized_crops(images, column(top), column(left), column(crop_height), column(crop_width),
+                        ops.zeros((batch,), "bool"), int(image_size))
+    return ops.clip(out, 0.0, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="tf_simclr")

@@ -23,13 +23,27 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _import_tensorflow_if_installed() -> None:
+    """TensorFlow, imported quietly; without it only a JAX run of in-memory arrays can go on (`data.arrays`)."""
+    from tf_simclr import logs
+
+    try:
+        logs.import_tensorflow_quietly()
+    except ImportError as e:
+        import os
+
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            raise ImportError(f"{e}. tf_simclr needs TensorFlow (pip install tensorflow), except under "
+                              "KERAS_BACKEND=jax with --dataset=idx:<folder> and --augment_on=device.") from e
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Dispatches to a helper command when the first word names one, else runs the trainer."""
     from tf_simclr import logs
 
     logs.quiet_native_logs()  # Before TensorFlow is imported.
     if argv is None:  # A real process (not a test calling in): TensorFlow's start-up kept quiet, our log format.
-        logs.import_tensorflow_quietly()
+        _import_tensorflow_if_installed()
         logs.configure(verbose_libraries=False)
     argv = list(sys.argv if argv is None else argv)
     from tf_simclr.cli.commands import COMMANDS

@@ -55,7 +55,6 @@ def main(argv):
 
     logs.configure()
     from tf_simclr import jobs
-    from tf_simclr.distribute import strategy as strategy_lib
     from tf_simclr.training import callbacks, preemption
 
     config = flags_lib.config_from_flags(FLAGS)
@@ -73,9 +72,20 @@ def main(argv):
         print(f"{_prog()}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:
-        if strategy_lib.is_multi_worker(strategy) and strategy_lib.is_peer_failure(e):
+        if _peer_failed(strategy, e):
             _rejoin(e, argv)
         raise
+
+
+def _peer_failed(strategy, error) -> bool:
+    """Whether `error` is a multi-worker `tf.distribute` run's peer failure (never so under JAX)."""
+    from tf_simclr.distribute import jax_parallel
+
+    if jax_parallel.is_jax():
+        return False
+    from tf_simclr.distribute import strategy as strategy_lib
+
+    return strategy_lib.is_multi_worker(strategy) and strategy_lib.is_peer_failure(error)
 
 
 def run_trainer(argv) -> None:

@@ -14,57 +14,20 @@ stateless augmentation seeded by each example's position in the stream
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import numbers
 from typing import Callable, Optional
 
 import tensorflow as tf
 
 from tf_simclr.augment import host
-from tf_simclr.augment.spec import AugmentSpec
+from tf_simclr.data.views import (  # noqa: F401  (re-exported: the rules every feed follows)
+    MODES, Views, check_batch_divides, check_stream_args, device_input_size, training_views,
+)
 
-MODES = ("pretrain", "finetune", "distill", "eval")
 # The reference's shuffle buffer (tf2/data.py): per-replica batch x 50 up to 32 px, else x 10.
 SMALL_IMAGE_BUFFER_MULTIPLIER, BUFFER_MULTIPLIER, SMALL_IMAGE_SIZE = 50, 10, 32
 
 log = logging.getLogger("tf_simclr")
-
-
-@dataclasses.dataclass(frozen=True)
-class Views:
-    """What each example of a pipeline becomes.
-
-    Attributes:
-        mode: 'pretrain' (two views stacked on channels: `[S, S, 6]`),
-            'finetune' (one view, crop and flip: `[S, S, 3]`), 'distill' (the
-            same view as fine-tuning, as SimCLRv2 distils, from labelled or
-            unlabelled images) or 'eval' (central
-            crop / resize, no randomness; the pipeline then neither shuffles nor
-            repeats).
-        spec: The augmentation spec; its `image_size` is the output size.
-        on_device: Pretraining with augmentation inside the compiled step: the
-            pipeline yields uint8 `[H, W, 3]` images of one size instead.
-    """
-
-    mode: str
-    spec: AugmentSpec
-    on_device: bool = False
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}. Received: mode={self.mode!r}")
-        if self.on_device and self.mode != "pretrain":
-            raise ValueError("Augmentation on the device applies to pretraining only (mode='pretrain').")
-
-    @property
-    def training(self) -> bool:
-        return self.mode != "eval"
-
-    @classmethod
-    def eval(cls, image_size: int) -> "Views":
-        return cls("eval", AugmentSpec(int(image_size)))
 
 
 def _preprocess_fn(views: Views, source) -> Callable[[tf.Tensor, Optional[tf.Tensor]], tf.Tensor]:
@@ -77,22 +40,6 @@ def _preprocess_fn(views: Views, source) -> Callable[[tf.Tensor, Optional[tf.Ten
     if views.mode in ("finetune", "distill"):
         return lambda image, seed: host.finetune_view(image, spec, seed=seed)
     return lambda image, seed: host.eval_view(image, spec.image_size)
-
-
-def device_input_size(source, image_size: int) -> tuple[int, int]:
-    """Size of the uint8 images handed to on-device augmentation.
-
-    Sources of one image size keep it; images of varying sizes are resized so the
-    short side is 8/7 of `image_size` (256 for 224, the usual eval resize) and
-    centre-cropped square, since a batch needs one shape. Crops are then drawn
-    from that image rather than from the original (the one deviation from the
-    host pipeline).
-    """
-    height, width = tuple(source.image_shape)[:2]
-    if height and width:
-        return int(height), int(width)
-    side = int(math.ceil(image_size * 8 / 7))
-    return side, side
 
 
 def _device_input_fn(source, image_size: int):
@@ -144,17 +91,6 @@ def _augment_by_position(ds, preprocess, seed: int, pipeline_id: int, skip: int)
 
     ds = ds.enumerate().skip(skip)
     return ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def check_stream_args(deterministic: bool, seed, skip_batches) -> None:
-    """The one rule for deterministic streams: they need an int seed (ValueError naming the fix)."""
-    if deterministic and (seed is None or isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(
-            f"Deterministic runs need an int seed for the shuffles and augmentations. Received: seed={seed!r}; "
-            "pass --seed=<int> (seed=<int> in Python)."
-        )
-    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or skip_batches < 0:
-        raise ValueError(f"skip_batches must be an int >= 0. Received: skip_batches={skip_batches!r}")
 
 
 def build_dataset(
@@ -273,24 +209,3 @@ def distribute_dataset(
     """
     check_batch_divides(global_batch_size, strategy.num_replicas_in_sync, flag)
     return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def check_batch_divides(global_batch_size: int, replicas: int, flag: str = "--train_batch_size") -> None:
-    """The one rule for batch sizes under data parallelism: every replica gets the same share."""
-    if global_batch_size < 1 or global_batch_size % replicas:
-        lower = global_batch_size // replicas * replicas
-        nearest = [s for s in (lower, lower + replicas) if s > 0]
-        raise ValueError(
-            f"{flag}={global_batch_size} must be a positive multiple of the number of replicas ({replicas}), so "
-            f"that every replica gets the same batch. Nearest valid sizes: {' or '.join(map(str, nearest))}."
-        )
-
-def training_views(config) -> Views:
-    """What the training pipeline yields: two views (pretraining), one (fine-tuning, distillation), or uint8 images."""
-    from tf_simclr.augment.spec import spec_from_config
-
-    spec = spec_from_config(config.data, config.model.image_size)
-    mode = config.train.train_mode
-    return Views(mode, spec, on_device=config.data.augment_on == "device" and mode == "pretrain")
-
-

@@ -28,14 +28,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
 
 from tf_simclr.data.base import BaseSource
-from tf_simclr.data.filters import filter_by_ids, filter_by_indices  # noqa: F401  (re-exported)
 from tf_simclr.storage import atomic, fs
+
+if TYPE_CHECKING:  # Only the annotations name TensorFlow: this module imports without it.
+    import tensorflow as tf
 
 SUBSET_IDS_FILE = "subset_ids.txt"
 # TFDS configs holding the reference's ImageNet label fractions.
@@ -122,13 +123,12 @@ def read_id_file(path: Union[str, os.PathLike]) -> list[str]:
     `tf.io.gfile` path (local, `gs://`) works.
     """
     path = os.fspath(path)
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         raise FileNotFoundError(
             f"Id file not found. Received: path={path!r}. It needs one example id per line "
             "(e.g. n01440764_10026.JPEG, or an example index)."
         )
-    with tf.io.gfile.GFile(path, "r") as f:
-        lines = [line.strip() for line in f.read().splitlines()]
+    lines = [line.strip() for line in fs.read_text(path).splitlines()]
     ids = [line for line in lines if line and not line.startswith("#")]
     if not ids:
         raise ValueError(f"Id file {path!r} holds no ids.")
@@ -355,7 +355,7 @@ def subset_dataset(
     per_class: Optional[int] = None,
     seed: int = 0,
     id_key: Optional[str] = None,
-) -> tf.data.Dataset:
+) -> "tf.data.Dataset":
     """`(image, label)` pairs of the chosen examples of a split; see `subset_source`."""
     chosen = subset_source(source, split, ids, fraction=fraction, per_class=per_class, seed=seed, id_key=id_key)
     return chosen.as_dataset(split, shuffle_files=False)

@@ -1,7 +1,9 @@
 """Data parallelism under `KERAS_BACKEND=jax`: devices, global batches.
 
-TensorFlow stays installed and still feeds the data (tf.data) and writes
-summaries; JAX runs the model. Under `keras.distribution.DataParallel` the train
+When TensorFlow is installed it still feeds the data (tf.data) and writes
+summaries while JAX runs the model; without it (`has_tensorflow()` False) an
+in-memory array source feeds NumPy batches and `LocalDevices` stands in for the
+one-replica strategy. Under `keras.distribution.DataParallel` the train
 step sees the *global* batch as one sharded array, so there is no per-replica
 code: `replica.current()` is one replica, batch norm statistics are global by
 construction, and the tf.data pipeline is batched to the global batch.
@@ -9,6 +11,7 @@ construction, and the tf.data pipeline is batched to the global batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Optional
 
@@ -20,6 +23,24 @@ log = logging.getLogger("tf_simclr")
 def is_jax() -> bool:
     """Whether Keras runs on JAX (decided once per process by KERAS_BACKEND)."""
     return keras.backend.backend() == "jax"
+
+
+def has_tensorflow() -> bool:
+    """Whether TensorFlow can be imported (a JAX-only machine has none)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LocalDevices:
+    """The strategy of a JAX run without TensorFlow: one replica to `train` (JAX shards the batch), a no-op scope."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -53,18 +74,22 @@ def setup_data_parallel(devices: Optional[list] = None):
 
 
 def prepare_jax_training(strategy=None):
-    """Readies a JAX run; returns the (one-replica, default) `tf.distribute` strategy the rest of `train` uses.
+    """Readies a JAX run; returns the one-replica strategy the rest of `train` uses.
 
     JAX replaces `tf.distribute`: a multi-replica TensorFlow strategy passed in is
-    ignored (with a warning) and JAX's local devices are used instead.
+    ignored (with a warning) and JAX's local devices are used instead. The
+    strategy returned is TensorFlow's default one, or `LocalDevices` without it.
     """
-    import tensorflow as tf
-
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         log.warning(
             "KERAS_BACKEND=jax: ignoring the %d-replica %s; JAX shards each batch over its local devices instead.",
             strategy.num_replicas_in_sync, type(strategy).__name__,
         )
+    if not has_tensorflow():
+        setup_data_parallel()
+        return LocalDevices()
+    import tensorflow as tf
+
     hide_accelerators_from_tensorflow()
     setup_data_parallel()
     return tf.distribute.get_strategy()
@@ -80,7 +105,7 @@ def num_devices() -> int:
 
 def check_global_batch(global_batch: int, flag: str = "--train_batch_size") -> None:
     """A global batch must split evenly over the devices, or JAX cannot shard it."""
-    from tf_simclr.data.pipeline import check_batch_divides
+    from tf_simclr.data.views import check_batch_divides
 
     check_batch_divides(global_batch, num_devices(), flag)
 

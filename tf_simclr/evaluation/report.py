@@ -122,7 +122,7 @@ def frozen_feature_report(
         `{"pretrained": {...}, "random_init": {...}, "raw_pixels": {...}}` with
         `linear_top_1`, `knn_top_1`, ... (see `evaluate_encoder`).
     """
-    from tf_simclr.data import pipeline, sources
+    from tf_simclr.data import sources
     from tf_simclr.models import factory
 
     d = config.data
@@ -135,8 +135,8 @@ def frozen_feature_report(
         raise ValueError(f"Unknown report rows {unknown}; choose from {ROWS}.")
     max_batches = math.ceil(max_examples / _BATCH) if max_examples else None
     size = config.model.image_size
-    train_ds = pipeline.eval_dataset(source, d.train_split, size, _BATCH)
-    test_ds = pipeline.eval_dataset(source, d.eval_split, size, _BATCH)
+    train_ds = sources.eval_batches(source, d.train_split, size, _BATCH)
+    test_ds = sources.eval_batches(source, d.eval_split, size, _BATCH)
     inputs = {}
     for row in rows:
         if row == "pretrained":

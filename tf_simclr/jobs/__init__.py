@@ -46,6 +46,11 @@ def open_dataset(config: Config, prepare: bool):
 
 
 def create_strategy(config: Config):
+    """The machine's `tf.distribute` strategy; under JAX without TensorFlow, JAX's local devices."""
+    from tf_simclr.distribute import jax_parallel
+
+    if jax_parallel.is_jax() and not jax_parallel.has_tensorflow():
+        return jax_parallel.LocalDevices()
     from tf_simclr.distribute import strategy as strategy_lib
 
     r = config.run

@@ -148,6 +148,9 @@ class CheckpointAndStop(keras.callbacks.Callback):
 class Summaries(keras.callbacks.Callback):
     """Writes TensorBoard scalars every `every_steps` and a grid of augmented views once.
 
+    Without TensorFlow (a JAX-only machine) there is no TensorBoard writer; the
+    rows still go to the learning curve.
+
     Args:
         log_dir: Summary folder (TensorBoard `--logdir`).
         every_steps: Steps between scalar summaries.
@@ -158,10 +161,13 @@ class Summaries(keras.callbacks.Callback):
     def __init__(self, log_dir: str, every_steps: int, sample_images=None, prefix: str = "train",
                  curve: Optional[dict] = None):
         super().__init__()
-        import tensorflow as tf  # TensorBoard writing is TensorFlow glue.
+        from tf_simclr.distribute import jax_parallel
 
-        self._tf = tf
-        self.writer = tf.summary.create_file_writer(log_dir)
+        self._tf, self.writer = None, None
+        if jax_parallel.has_tensorflow():
+            import tensorflow as tf  # TensorBoard writing is TensorFlow glue.
+
+            self._tf, self.writer = tf, tf.summary.create_file_writer(log_dir)
         self.every_steps = max(1, int(every_steps))
         self.sample_images = sample_images
         self.prefix = prefix
@@ -171,7 +177,7 @@ class Summaries(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._start = (time.time(), _global_step(self.model))
-        if self.sample_images is not None:
+        if self.sample_images is not None and self.writer is not None:
             images = np.asarray(self.sample_images)
             views = np.concatenate(np.split(images, images.shape[-1] // 3, axis=-1), axis=2)  # side by side
             with self.writer.as_default():
@@ -185,19 +191,22 @@ class Summaries(keras.callbacks.Callback):
 
     def write(self, step, logs):
         row = {name: float(np.asarray(value).reshape(-1)[0]) for name, value in logs.items()}
-        with self.writer.as_default():
-            for name, value in row.items():
-                self._tf.summary.scalar(f"{self.prefix}/{name}", value, step=step)
-            t0, s0 = self._start
-            if time.time() > t0 and step > s0:
-                self._tf.summary.scalar(f"{self.prefix}/steps_per_second", (step - s0) / (time.time() - t0), step=step)
-        self.writer.flush()
+        if self.writer is not None:
+            with self.writer.as_default():
+                for name, value in row.items():
+                    self._tf.summary.scalar(f"{self.prefix}/{name}", value, step=step)
+                t0, s0 = self._start
+                if time.time() > t0 and step > s0:
+                    self._tf.summary.scalar(f"{self.prefix}/steps_per_second", (step - s0) / (time.time() - t0),
+                                            step=step)
+            self.writer.flush()
         self._last_written = step
         if self.curve is not None:
             self.curve["train"].append({"step": int(step), **row})
 
     def on_train_end(self, logs=None):
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
 
 class KnnMonitor(keras.callbacks.Callback):
@@ -254,7 +263,9 @@ class KnnMonitor(keras.callbacks.Callback):
         log.info("kNN monitor at step %d: top-1 %.4f (%d train / %d test examples)", step, accuracy, num_train, num_test)
         if logs is not None:
             logs["knn_top_1"] = accuracy
-        if self.log_dir:
+        from tf_simclr.distribute import jax_parallel
+
+        if self.log_dir and jax_parallel.has_tensorflow():
             import tensorflow as tf
 
             writer = tf.summary.create_file_writer(self.log_dir)
@@ -312,14 +323,16 @@ def run_reports(config, source, plan) -> list:
     reports = [Summaries(fs.join(model_dir, "train"), plan.summary_every, _sample_views(config, source), curve=curve)]
     n = config.train.knn_monitor_examples
     if n and source.num_classes:
-        from tf_simclr.data import pipeline, subsets
+        from tf_simclr.data import arrays, sources, subsets
 
         d = config.data
         full = source.source if isinstance(source, (subsets.SubsetSource, subsets.MaskedLabelSource)) else source  # The whole splits.
 
         def subset(split):
-            ds = pipeline.eval_dataset(full, split, config.model.image_size, batch_size=250)
-            return ds.unbatch().filter(lambda image, label: label >= 0).take(n).batch(250).cache()
+            batches = sources.eval_batches(full, split, config.model.image_size, batch_size=250)
+            if arrays.is_array_source(full):
+                return batches.take_labelled(n)
+            return batches.unbatch().filter(lambda image, label: label >= 0).take(n).batch(250).cache()
 
         reports.append(KnnMonitor(subset(d.train_split), subset(d.eval_split), source.num_classes,
                                   log_dir=fs.join(model_dir, "eval"), curve=curve))
@@ -329,8 +342,10 @@ def run_reports(config, source, plan) -> list:
 
 def _sample_views(config, source):
     """A few augmented training examples for the image summary (pretraining only)."""
-    if config.train.train_mode != "pretrain":
-        return None
+    from tf_simclr.distribute import jax_parallel
+
+    if config.train.train_mode != "pretrain" or not jax_parallel.has_tensorflow():
+        return None  # Without TensorFlow there is no TensorBoard to show them in.
     from tf_simclr.augment.spec import spec_from_config
     from tf_simclr.data import pipeline
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import keras
 
 from tf_simclr.config import Config
-from tf_simclr.data import pipeline
+from tf_simclr.data import views as views_lib
 from tf_simclr.distribute import datasets, jax_parallel
 from tf_simclr.models import factory
 from tf_simclr.models.simclr import SimCLRModel
@@ -57,8 +57,6 @@ def compile_model(config: Config, num_classes: Optional[int], plan: Plan, teache
     return model
 
 
-
-
 def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Callback] = (), *,
           source=None) -> SimCLRModel:
     """Trains (pretrains or fine-tunes) a model as `config` says, resuming if it can.
@@ -72,19 +70,24 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     Returns:
         The trained model (its weights are also in the last checkpoint in model_dir).
     """
-    import tensorflow as tf
-
     from tf_simclr.data import sources, subsets
-    from tf_simclr.distribute import strategy as strategy_lib
 
-    if jax_parallel.is_jax():
-        strategy = jax_parallel.prepare_jax_training(strategy)
-    strategy = strategy or tf.distribute.get_strategy()
     t = config.train
-    chief = strategy_lib.is_chief(strategy)
+    if jax_parallel.is_jax():  # One process; JAX shards each batch over the local devices.
+        strategy, chief = jax_parallel.prepare_jax_training(strategy), True
+    else:
+        import tensorflow as tf
+
+        from tf_simclr.distribute import strategy as strategy_lib
+
+        strategy = strategy or tf.distribute.get_strategy()
+        chief = strategy_lib.is_chief(strategy)
     if t.deterministic:
-        pipeline.check_stream_args(True, t.seed, 0)
-        tf.config.experimental.enable_op_determinism()
+        views_lib.check_stream_args(True, t.seed, 0)
+        if jax_parallel.has_tensorflow():  # tf.data's and TensorFlow's ops; JAX's are deterministic already.
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
     if t.seed is not None:
         keras.utils.set_random_seed(t.seed)
     precision_lib.set_precision(t.precision)
@@ -121,8 +124,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
             log.info("Recorded the %d training ids in %s", len(source.ids), subsets.record_subset(t.model_dir, source.ids))
     # The data stream resumes where the checkpoint left it (exactly so with --deterministic).
     dataset = datasets.distributed_dataset(config, source, strategy, config.data.train_split,
-                                           pipeline.training_views(config),
-                                  t.train_batch_size, skip_batches=start_step)
+                                           views_lib.training_views(config), t.train_batch_size,
+                                           skip_batches=start_step)
 
     # ---- Fit --------------------------------------------------------------------
     period = plan.checkpoint_every
@@ -146,7 +149,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
                 steps_per_epoch=period,
                 callbacks=cbs,
                 verbose=verbose,
-                shuffle=False,  # The tf.data pipeline shuffles.
+                shuffle=False,  # The input pipeline shuffles.
             )
         except BaseException:
             stopper.flush(raise_errors=False)  # A pending checkpoint still commits; fit's error is raised.
@@ -184,6 +187,11 @@ class _Exporter:
 
     def export(self, step: int) -> None:
         t = self.config.train
+        if jax_parallel.is_jax() and not jax_parallel.has_tensorflow():
+            log.warning("No TF-Hub export of step %d: exporting needs TensorFlow. On a machine with it, run "
+                        "`tf_simclr --mode=export --model_dir=%s` (the checkpoints are backend-neutral).", step,
+                        t.model_dir)
+            return
         if jax_parallel.is_jax():  # SavedModel export needs the TensorFlow backend: a subprocess has it.
             from tf_simclr.export import subprocess_export
 
@@ -196,8 +204,6 @@ class _Exporter:
                                                 meta=self.meta)
         if path and jax_parallel.is_jax():  # The subprocess's own log line stays in the subprocess.
             log.info("Exported TF-Hub module %s", path)
-
-
 
 
 def write_flags(config: Config, model_dir: str) -> str:

@@ -86,7 +86,7 @@ def load_features_model(path: str):
 def embedding_figure(path: str, out: str, *, dataset: str = "fashion_mnist", split: str = "test",
                      data_dir: Optional[str] = None, examples: int = 2000, method: str = "tsne", seed: int = 0) -> str:
     """Writes the two-panel PNG (encoder features | raw pixels) for `examples` images of a split; returns `out`."""
-    from tf_simclr.data import pipeline, sources
+    from tf_simclr.data import sources
     from tf_simclr.evaluation.features import extract_features, raw_pixels
 
     model, image_size = load_features_model(path)
@@ -94,7 +94,7 @@ def embedding_figure(path: str, out: str, *, dataset: str = "fashion_mnist", spl
     if not source.num_classes:
         raise ValueError(f"{source.name} has no labels to colour the map by; pick a labelled dataset.")
     batches = -(-int(examples) // 250)
-    ds = pipeline.eval_dataset(source, split, image_size, 250)
+    ds = sources.eval_batches(source, split, image_size, 250)
     features, labels = extract_features(model, ds, max_batches=batches)
     pixels, _ = extract_features(raw_pixels, ds, max_batches=batches)
     features, pixels, labels = features[:examples], pixels[:examples], labels[:examples]

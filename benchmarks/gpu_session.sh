@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# One call on a GPU machine that has JAX but no TensorFlow: the Fashion-MNIST accuracy recipe, then the
+# throughput benchmark against torch.compile. Everything it prints and writes lands in $OUT.
+#
+#   bash benchmarks/gpu_session.sh                   # on the GPU: flags/fashion_mnist_gpu.cfg, then gpu_benchmark.py
+#   bash benchmarks/gpu_session.sh --only=recipe     # one half (recipe or benchmark), for a 10-minute call limit
+#   bash benchmarks/gpu_session.sh --smoke           # anywhere (CPU): tiny shapes, a few steps; checks it runs
+#
+# It needs in the working tree: Keras's wheels in .whl/ (keras 3.15.1, namex 0.1.0, optree 0.20.0;
+# installed with pip --no-index into /tmp/site) unless Keras is installed, and Fashion-MNIST's four idx
+# files in .data/fashion-mnist/ (a copy of /usr/share/datasets/fashion-mnist) unless that folder exists.
+# TensorFlow is blocked from import in every process (tests/training/without_tensorflow.py's check, as a
+# module on PYTHONPATH), so a run here behaves as on the GPU machine. Results: $OUT/recipe.log,
+# feature_eval.json, learning_curve.json/.png, train_wall_s.txt, gpu_benchmark.txt/.json, versions.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=0 ONLY=all
+for arg in "$@"; do
+  case $arg in
+    --smoke) SMOKE=1 ;;
+    --only=recipe|--only=benchmark) ONLY=${arg#--only=} ;;
+    *) echo "gpu_session: unknown argument $arg (use --smoke, --only=recipe or --only=benchmark)" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2
+PY=${PYTHON:-python3}
+
+if [ -d .whl ] && ! "$PY" -c "import keras" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu_session: installing the carried wheels failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# A `tensorflow` that cannot be imported, first on the path: every process sees a machine without it.
+BLOCK=$(mktemp -d)
+for name in tensorflow tensorflow_datasets tensorflow_hub; do
+  mkdir -p "$BLOCK/$name" && echo 'raise ImportError("TensorFlow is blocked: this run must not need it")' \
+    > "$BLOCK/$name/__init__.py"
+done
+export PYTHONPATH=$PWD:$BLOCK${PYTHONPATH:+:$PYTHONPATH}
+
+DATA=.data/fashion-mnist
+[ -d "$DATA" ] || DATA=/usr/share/datasets/fashion-mnist
+{ date -u +%Y-%m-%dT%H:%M:%SZ; git rev-parse HEAD 2>/dev/null || echo "(no git)"
+  "$PY" -c "import sys, jax, keras, numpy; print('python', sys.version.split()[0], '| jax', jax.__version__, \
+'| keras', keras.__version__, '| numpy', numpy.__version__); print(jax.devices())"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
+} | tee "$OUT/versions.txt"
+
+RECIPE_STATUS=skipped BENCH_STATUS=skipped
+# ---- 1. Accuracy: the recipe, timed; its reports copied to $OUT (checkpoints stay behind).
+if [ $ONLY != benchmark ]; then
+RUN=$(mktemp -d)/fashion_mnist_gpu
+EXTRA=()
+if [ $SMOKE = 1 ]; then
+  EXTRA=(--train_steps=6 --checkpoint_steps=3 --train_batch_size=64 --width_multiplier=0.125 --image_size=16
+         --precision=float32 --knn_monitor_examples=500 --feature_eval_examples=1000)
+fi
+START=$(date +%s.%N)
+"$PY" run.py --flagfile=flags/fashion_mnist_gpu.cfg --dataset="idx:$DATA" --model_dir="$RUN" "${EXTRA[@]}" \
+  2>&1 | tee "$OUT/recipe.log"
+RECIPE_STATUS=${PIPESTATUS[0]}
+END=$(date +%s.%N)
+for f in feature_eval.json learning_curve.json learning_curve.png flags.json; do
+  [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"
+done
+# Training's own wall time: from the first "Training pretrain" log line to the last checkpoint's.
+"$PY" - "$OUT/recipe.log" "$START" "$END" <<'PY' | tee "$OUT/train_wall_s.txt"
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+stamps = lambda pattern: [l[:8] for l in lines if re.match(r"\d\d:\d\d:\d\d [IW] " + pattern, l)]
+def secs(t): h, m, s = map(int, t.split(":")); return 3600 * h + 60 * m + s
+begin, saved = stamps("Training pretrain"), stamps("Saved checkpoint")
+if begin and saved:
+    print(f"training wall time: {(secs(saved[-1]) - secs(begin[0])) % 86400} s (log stamps, 1 s resolution); "
+          f"whole run with evaluation: {float(sys.argv[3]) - float(sys.argv[2]):.0f} s")
+else:
+    print("training wall time: not found in the log")
+PY
+fi
+
+# ---- 2. Speed: tf_simclr on Keras/JAX against torch.compile, one process per part.
+if [ $ONLY != recipe ]; then
+  BENCH=(--out "$OUT/gpu_benchmark.json")
+  [ $SMOKE = 1 ] && BENCH+=(--smoke --parts jax_synthetic jax_end_to_end)
+  "$PY" benchmarks/gpu_benchmark.py "${BENCH[@]}" 2>&1 | tee "$OUT/gpu_benchmark.txt"
+  BENCH_STATUS=${PIPESTATUS[0]}
+fi
+echo "gpu_session: recipe exit $RECIPE_STATUS, benchmark exit $BENCH_STATUS; results in $OUT"
+case "$RECIPE_STATUS $BENCH_STATUS" in *[1-9]*) exit 1 ;; esac  # A failed half fails the call; "skipped" does not.

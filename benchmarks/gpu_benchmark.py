@@ -168,6 +168,12 @@ def part_jax_synthetic(args) -> dict:
 
     compile_s, direct = _first_step_then_windows(step, sync, args)
     loss = float(holder["logs"]["contrast_loss"])
+    if args.trace_dir:  # A few steps under the profiler, for benchmarks/trace_summary.py (no device time to read).
+        jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+        for _ in range(args.trace_steps):
+            step()
+        sync()
+        jax.profiler.stop_trace()
     # The variables' buffers were donated to the first step: give them the newest state.
     groups = (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
               model.metrics_variables)
@@ -387,6 +393,8 @@ def main(argv=None):
     parser.add_argument("--require_gpu", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device: checks that every part runs")
     parser.add_argument("--out", help="write all results here as JSON")
+    parser.add_argument("--trace_dir", help="jax_synthetic: write a profiler trace of --trace_steps steps here")
+    parser.add_argument("--trace_steps", type=int, default=5)
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -402,7 +410,10 @@ def main(argv=None):
         return
 
     passthrough = [f"--{name}={getattr(args, name)}" for name in
-                   ("depth", "width", "image_size", "input_size", "batch", "precision", "optimizer", "steps", "windows", "warmup", "pool")]
+                   ("depth", "width", "image_size", "input_size", "batch", "precision", "optimizer", "steps", "windows",
+                    "warmup", "pool", "trace_steps")]
+    if args.trace_dir:
+        passthrough.append(f"--trace_dir={os.path.abspath(args.trace_dir)}")
     passthrough.append("--require_gpu" if args.require_gpu else "--no-require_gpu")
     results = {}
     for part in args.parts:

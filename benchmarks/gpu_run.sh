@@ -2,16 +2,17 @@
 # One call on a GPU machine that has JAX but no TensorFlow: the Fashion-MNIST accuracy recipe, then the
 # throughput benchmark against torch.compile. Everything it prints and writes lands in $OUT.
 #
-#   bash benchmarks/gpu_session.sh                   # on the GPU: flags/fashion_mnist_gpu.cfg, then gpu_benchmark.py
-#   bash benchmarks/gpu_session.sh --only=recipe     # one half (recipe or benchmark), for a 10-minute call limit
-#   bash benchmarks/gpu_session.sh --smoke           # anywhere (CPU): tiny shapes, a few steps; checks it runs
+#   bash benchmarks/gpu_run.sh                   # on the GPU: flags/fashion_mnist_gpu.cfg, then gpu_benchmark.py
+#   bash benchmarks/gpu_run.sh --only=recipe     # one half (recipe or benchmark), for a 10-minute call limit
+#   bash benchmarks/gpu_run.sh --smoke           # anywhere (CPU): tiny shapes, a few steps; checks it runs
 #
 # It needs in the working tree: Keras's wheels in .whl/ (keras 3.15.1, namex 0.1.0, optree 0.20.0;
 # installed with pip --no-index into /tmp/site) unless Keras is installed, and Fashion-MNIST's four idx
 # files in .data/fashion-mnist/ (a copy of /usr/share/datasets/fashion-mnist) unless that folder exists.
 # TensorFlow is blocked from import in every process (tests/training/without_tensorflow.py's check, as a
 # module on PYTHONPATH), so a run here behaves as on the GPU machine. Results: $OUT/recipe.log,
-# feature_eval.json, learning_curve.json/.png, train_wall_s.txt, gpu_benchmark.txt/.json, versions.txt.
+# feature_eval.json, learning_curve.json/.png, train_wall_s.txt, gpu_benchmark.txt/.json, versions.txt,
+# trace/ (a profiler trace of the synthetic step) and trace_summary.txt (its device time by kernel kind).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0 ONLY=all
@@ -19,7 +20,7 @@ for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
     --only=recipe|--only=benchmark) ONLY=${arg#--only=} ;;
-    *) echo "gpu_session: unknown argument $arg (use --smoke, --only=recipe or --only=benchmark)" >&2; exit 2 ;;
+    *) echo "gpu_run: unknown argument $arg (use --smoke, --only=recipe or --only=benchmark)" >&2; exit 2 ;;
   esac
 done
 OUT=${OUT:-$(mktemp -d)}
@@ -29,7 +30,7 @@ PY=${PYTHON:-python3}
 
 if [ -d .whl ] && ! "$PY" -c "import keras" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "gpu_session: installing the carried wheels failed" >&2; exit 1; }
+    || { echo "gpu_run: installing the carried wheels failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # A `tensorflow` that cannot be imported, first on the path: every process sees a machine without it.
@@ -82,10 +83,13 @@ fi
 
 # ---- 2. Speed: tf_simclr on Keras/JAX against torch.compile, one process per part.
 if [ $ONLY != recipe ]; then
-  BENCH=(--out "$OUT/gpu_benchmark.json")
+  BENCH=(--out "$OUT/gpu_benchmark.json" --trace_dir "$OUT/trace")
   [ $SMOKE = 1 ] && BENCH+=(--smoke --parts jax_synthetic jax_end_to_end)
   "$PY" benchmarks/gpu_benchmark.py "${BENCH[@]}" 2>&1 | tee "$OUT/gpu_benchmark.txt"
   BENCH_STATUS=${PIPESTATUS[0]}
+  # Where the synthetic step's device time goes; only the Perfetto trace is kept (the .pb files are large).
+  find "$OUT/trace" -name '*.pb' -delete -o -name '*.trace.json.gz' -delete 2>/dev/null
+  "$PY" benchmarks/trace_summary.py "$OUT/trace" 2>&1 | tee "$OUT/trace_summary.txt"
 fi
-echo "gpu_session: recipe exit $RECIPE_STATUS, benchmark exit $BENCH_STATUS; results in $OUT"
+echo "gpu_run: recipe exit $RECIPE_STATUS, benchmark exit $BENCH_STATUS; results in $OUT"
 case "$RECIPE_STATUS $BENCH_STATUS" in *[1-9]*) exit 1 ;; esac  # A failed half fails the call; "skipped" does not.

@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_run.sh                   # on the GPU: flags/fashion_mnist_gpu.cfg, then gpu_benchmark.py
 #   bash benchmarks/gpu_run.sh --only=recipe     # one half (recipe or benchmark), for a 10-minute call limit
 #   bash benchmarks/gpu_run.sh --smoke           # anywhere (CPU): tiny shapes, a few steps; checks it runs
+#   RECIPE_FLAGS="--train_epochs=80" bash benchmarks/gpu_run.sh --only=recipe    # the recipe, changed
 #
 # It needs in the working tree: Keras's wheels in .whl/ (keras 3.15.1, namex 0.1.0, optree 0.20.0;
 # installed with pip --no-index into /tmp/site) unless Keras is installed, and Fashion-MNIST's four idx
@@ -53,9 +54,9 @@ RECIPE_STATUS=skipped BENCH_STATUS=skipped
 # ---- 1. Accuracy: the recipe, timed; its reports copied to $OUT (checkpoints stay behind).
 if [ $ONLY != benchmark ]; then
 RUN=$(mktemp -d)/fashion_mnist_gpu
-EXTRA=()
+read -r -a EXTRA <<< "${RECIPE_FLAGS:-}"
 if [ $SMOKE = 1 ]; then
-  EXTRA=(--train_steps=6 --checkpoint_steps=3 --train_batch_size=64 --width_multiplier=0.125 --image_size=16
+  EXTRA+=(--train_steps=6 --checkpoint_steps=3 --train_batch_size=64 --width_multiplier=0.125 --image_size=16
          --precision=float32 --knn_monitor_examples=500 --feature_eval_examples=1000)
 fi
 START=$(date +%s.%N)

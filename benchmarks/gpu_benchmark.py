@@ -288,11 +288,13 @@ def part_torch(args, compiled: bool) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 
-def _run_part(part: str, args, passthrough: list) -> dict:
+def _run_part(part: str, args, passthrough: list, xla_flags: str = "") -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     if part.startswith("jax"):
         env["KERAS_BACKEND"] = "jax"
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         command = [sys.executable, os.path.abspath(__file__), "--part", part, "--result", out, *passthrough]
@@ -350,6 +352,12 @@ def _report(results: dict, args) -> str:
     ratio("tf_simclr (model.fit) / torch.compile", ours_fit, peer, 1.1)
     ratio("end-to-end (uint8, device augmentation) / synthetic, both model.fit", e2e, ours_fit, 0.95)
     ratio("torch.compile / torch eager", peer, eager)
+    base = _rate(results, "jax_synthetic", "direct")
+    for part in (p for p in results if p.startswith("jax_synthetic[")):
+        rate = _rate(results, part, "direct")
+        if rate and base:
+            lines.append(f"  {part + ' / jax_synthetic (train function)':64s} {rate / base:9.2f}x  "
+                         f"({rate:.1f} images/s; XLA_FLAGS {results[part]['xla_flags']})")
     floor = _floor_images_per_s(args)
     if floor:
         lines += ["", f"  {'floor: bf16 matrix peak / training FLOPs (ResNet-50 closed form)':64s} {floor:9.1f} images/s"]
@@ -395,6 +403,9 @@ def main(argv=None):
     parser.add_argument("--out", help="write all results here as JSON")
     parser.add_argument("--trace_dir", help="jax_synthetic: write a profiler trace of --trace_steps steps here")
     parser.add_argument("--trace_steps", type=int, default=5)
+    parser.add_argument("--xla_variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="also time jax_synthetic with these XLA_FLAGS (repeatable), e.g. "
+                             "'lhs=--xla_gpu_enable_latency_hiding_scheduler=true'")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -420,11 +431,22 @@ def main(argv=None):
         results[part] = _run_part(part, args, passthrough)
         if args.out:
             _emit(args.out, {"args": vars(args), "results": results})
+    passthrough = [flag for flag in passthrough if not flag.startswith("--trace_dir")]  # One trace: the base step.
+    for variant in args.xla_variant:
+        name, _, flags = variant.partition("=")
+        results[f"jax_synthetic[{name}]"] = _run_part("jax_synthetic", args, passthrough, xla_flags=flags)
+        results[f"jax_synthetic[{name}]"]["xla_flags"] = flags
+        if args.out:
+            _emit(args.out, {"args": vars(args), "results": results})
     report = _report(results, args)
     print("\n" + report, flush=True)
     if args.out:
         _emit(args.out, {"args": vars(args), "results": results, "report": report})
+    failed = sorted(part for part, result in results.items() if "error" in result)
+    if failed:
+        print(f"gpu_benchmark: {len(failed)} part(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

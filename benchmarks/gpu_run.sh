@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_run.sh --only=recipe     # one half (recipe or benchmark), for a 10-minute call limit
 #   bash benchmarks/gpu_run.sh --smoke           # anywhere (CPU): tiny shapes, a few steps; checks it runs
 #   RECIPE_FLAGS="--train_epochs=80" bash benchmarks/gpu_run.sh --only=recipe    # the recipe, changed
+#   BENCH_FLAGS="--xla_variant=NAME=XLA_FLAGS" bash benchmarks/gpu_run.sh --only=benchmark   # A/B XLA flags
 #
 # It needs in the working tree: Keras's wheels in .whl/ (keras 3.15.1, namex 0.1.0, optree 0.20.0;
 # installed with pip --no-index into /tmp/site) unless Keras is installed, and Fashion-MNIST's four idx
@@ -84,7 +85,8 @@ fi
 
 # ---- 2. Speed: tf_simclr on Keras/JAX against torch.compile, one process per part.
 if [ $ONLY != recipe ]; then
-  BENCH=(--out "$OUT/gpu_benchmark.json" --trace_dir "$OUT/trace")
+  read -r -a BENCH <<< "${BENCH_FLAGS:-}"
+  BENCH+=(--out "$OUT/gpu_benchmark.json" --trace_dir "$OUT/trace")
   [ $SMOKE = 1 ] && BENCH+=(--smoke --parts jax_synthetic jax_end_to_end)
   "$PY" benchmarks/gpu_benchmark.py "${BENCH[@]}" 2>&1 | tee "$OUT/gpu_benchmark.txt"
   BENCH_STATUS=${PIPESTATUS[0]}

@@ -129,3 +129,32 @@ def test_what_needs_tensorflow_fails_before_work_naming_the_fix(tmp_path, flags,
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+_PYTHON_API = """
+import dataclasses, sys
+import numpy as np
+import tf_simclr
+from tf_simclr.config import Config, DataConfig, ModelConfig, TrainConfig
+
+rng = np.random.default_rng(0)
+source = tf_simclr.ArraySource({"train": (rng.integers(0, 256, (64, 12, 12, 1), dtype=np.uint8), np.arange(64) % 4)})
+config = Config(model=ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=12, proj_out_dim=8),
+                data=DataConfig(dataset="mine", augment_on="host"),
+                train=TrainConfig(model_dir=sys.argv[1], train_steps=2, train_batch_size=16, checkpoint_steps=2))
+try:
+    tf_simclr.train(config, source=source)
+except ValueError as e:
+    print("refused:", e)
+tf_simclr.train(dataclasses.replace(config, data=dataclasses.replace(config.data, augment_on="device")), source=source)
+"""
+
+
+def test_train_from_python_on_arrays_without_tensorflow(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(_PYTHON_API)
+    proc = _run(str(script), str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert NONE_LOADED in proc.stdout
+    assert "refused: TensorFlow is not installed" in proc.stdout and "--augment_on=host (use device)" in proc.stdout
+    assert ckpt_lib.checkpoint_steps(str(tmp_path / "run")) == [2]

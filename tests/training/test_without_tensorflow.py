@@ -18,6 +18,7 @@ import helpers
 from tf_simclr.data import idx, pipeline, sources
 from tf_simclr.evaluation import knn, linear_probe, report
 from tf_simclr.evaluation.features import extract_features, raw_pixels
+from tf_simclr.export import hub_module, load
 from tf_simclr.storage import checkpoint as ckpt_lib
 
 pytest.importorskip("jax")
@@ -78,6 +79,14 @@ def test_run_py_pretrains_and_evaluates_arrays_without_tensorflow(fashion_subset
     first = slice(0, KNN_EXAMPLES)
     monitor_pixels = knn.knn_accuracy(x_train[first], y_train[first], x_test[first], y_test[first], num_classes=10)
     assert abs(curve["raw_pixel_knn"] - monitor_pixels) <= 1 / KNN_EXAMPLES
+
+    # The JAX-trained checkpoint, exported here with TensorFlow: its SavedModel's features give the report's kNN.
+    export = hub_module.export_from_checkpoint(str(model_dir), export_dir=str(tmp_path / "exported"))
+    encoder = load.load_encoder(export, from_saved_model=True)
+    f_train, _ = extract_features(encoder, pipeline.eval_dataset(source, "train", SIZE))
+    f_test, _ = extract_features(encoder, pipeline.eval_dataset(source, "test", SIZE))
+    exported_knn = knn.knn_accuracy(f_train, y_train, f_test, y_test, num_classes=10)
+    assert abs(written["pretrained"]["knn_top_1"] - exported_knn) <= 2 / N_TEST, (written["pretrained"], exported_knn)
 
 
 _PROBE = """

@@ -43,6 +43,33 @@ class LocalDevices:
         return contextlib.nullcontext()
 
 
+def check_without_tensorflow(config, source, *, whole_job: bool = True) -> None:
+    """On a machine without TensorFlow, only what runs on Keras/JAX and NumPy: pretraining on arrays, feature eval.
+
+    That is `--mode=train --train_mode=pretrain --augment_on=device` on an in-memory
+    `--dataset=idx:<folder>` (or `ArraySource`), with `--feature_eval` and the kNN
+    monitor; tf.data pipelines, TF-Hub exports and the other modes need TensorFlow.
+    `whole_job=False` (the trainer's own call) checks the training run only.
+    """
+    from tf_simclr.data import arrays
+
+    if not is_jax() or has_tensorflow():
+        return
+    d, t, r = config.data, config.train, config.run
+    problems = [f"--mode={r.mode} (use train)"] if whole_job and r.mode != "train" else []
+    if t.train_mode != "pretrain":
+        problems.append(f"--train_mode={t.train_mode} (use pretrain)")
+    if d.augment_on != "device":
+        problems.append(f"--augment_on={d.augment_on} (use device)")
+    if not arrays.is_array_source(source):
+        problems.append(f"--dataset={d.dataset} (use idx:<folder of idx files>, read into memory)")
+    if t.train_label_fraction or t.train_subset_ids or (whole_job and r.few_label_baselines):
+        problems.append("label subsets (--train_label_fraction, --train_subset_ids, --few_label_baselines)")
+    if problems:
+        raise ValueError("TensorFlow is not installed, and only pretraining on in-memory arrays runs without it; "
+                         f"change {'; '.join(problems)}, or install TensorFlow.")
+
+
 def hide_accelerators_from_tensorflow() -> None:
     """Keeps TensorFlow (tf.data, summaries) on the CPU so JAX owns every GPU's memory."""
     import tensorflow as tf

@@ -140,8 +140,9 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
         ValueError: naming the flag and the fix.
     """
     from tf_simclr.data.views import check_batch_divides
+    from tf_simclr.distribute.jax_parallel import check_without_tensorflow
 
-    check_without_tensorflow(config, source)
+    check_without_tensorflow(config, source)  # The rule lives with JAX's devices; here it only runs early.
     t, mode = config.train, config.run.mode
     training = mode in TRAINING_MODES
     if training:
@@ -168,34 +169,6 @@ def check_before_work(config: Config, *, num_replicas: int, source=None) -> None
         _check_weights_source(config, source)
     elif mode == "eval":
         _check_reference_to_evaluate(config, source)
-
-
-def check_without_tensorflow(config: Config, source, *, whole_job: bool = True) -> None:
-    """On a machine without TensorFlow, only what runs on Keras/JAX and NumPy: pretraining on arrays, feature eval.
-
-    That is `--mode=train --train_mode=pretrain --augment_on=device` on an in-memory
-    `--dataset=idx:<folder>` (or `ArraySource`), with `--feature_eval` and the kNN
-    monitor; tf.data pipelines, TF-Hub exports and the other modes need TensorFlow.
-    `whole_job=False` (the trainer's own call) checks the training run only.
-    """
-    from tf_simclr.data import arrays
-    from tf_simclr.distribute import jax_parallel
-
-    if not jax_parallel.is_jax() or jax_parallel.has_tensorflow():
-        return
-    d, t, r = config.data, config.train, config.run
-    problems = [f"--mode={r.mode} (use train)"] if whole_job and r.mode != "train" else []
-    if t.train_mode != "pretrain":
-        problems.append(f"--train_mode={t.train_mode} (use pretrain)")
-    if d.augment_on != "device":
-        problems.append(f"--augment_on={d.augment_on} (use device)")
-    if not arrays.is_array_source(source):
-        problems.append(f"--dataset={d.dataset} (use idx:<folder of idx files>, read into memory)")
-    if t.train_label_fraction or t.train_subset_ids or (whole_job and r.few_label_baselines):
-        problems.append("label subsets (--train_label_fraction, --train_subset_ids, --few_label_baselines)")
-    if problems:
-        raise ValueError("TensorFlow is not installed, and only pretraining on in-memory arrays runs without it; "
-                         f"change {'; '.join(problems)}, or install TensorFlow.")
 
 
 def _check_teacher(config: Config, source) -> None:

@@ -84,7 +84,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
         chief = strategy_lib.is_chief(strategy)
     if t.deterministic:
         views_lib.check_stream_args(True, t.seed, 0)
-        if jax_parallel.has_tensorflow():  # tf.data's and TensorFlow's ops; JAX's are deterministic already.
+        if jax_parallel.has_tensorflow():  # TensorFlow's ops and tf.data (JAX's steps are XLA's to make so).
             import tensorflow as tf
 
             tf.config.experimental.enable_op_determinism()
@@ -96,10 +96,8 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     if source is None:
         source = sources.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split],
                                      strict_images=config.data.strict_images)
-    if jax_parallel.is_jax():
-        from tf_simclr.jobs.checks import check_without_tensorflow
-
-        check_without_tensorflow(config, source, whole_job=False)  # Says what needs TensorFlow, not mid-import.
+    if jax_parallel.is_jax():  # What needs TensorFlow says so here, not inside an import.
+        jax_parallel.check_without_tensorflow(config, source, whole_job=False)
     source = subsets.labelled_subset(config, source)
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(

@@ -21,7 +21,7 @@ from tf_simclr.data import idx  # noqa: E402
 from tf_simclr.evaluation import report  # noqa: E402
 
 
-def main(steps: int = 200, model_dir: str = "runs/jax_arrays", folder: str = "/usr/share/datasets/fashion-mnist",
+def main(steps: int = 200, model_dir: str = "runs/jax_arrays", folder: str = idx.FASHION_MNIST_DIR,
          examples: int = 0, width: float = 0.5) -> dict:
     splits = idx.read_idx_folder(folder)  # {"train": (uint8 [N, 28, 28, 1], int64 [N]), "test": ...}
     if examples:  # A quick look: the first `examples` images of each split.
@@ -46,7 +46,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--model_dir", default="runs/jax_arrays")
-    parser.add_argument("--folder", default="/usr/share/datasets/fashion-mnist", help="a folder of idx files")
+    parser.add_argument("--folder", default=idx.FASHION_MNIST_DIR, help="a folder of idx files")
     parser.add_argument("--examples", type=int, default=0, help="use only the first N images of each split")
     parser.add_argument("--width", type=float, default=0.5)
     args = parser.parse_args()

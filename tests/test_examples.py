@@ -29,7 +29,9 @@ def test_downstream_app_trains_a_classifier_on_an_export():
 
 
 def test_jax_arrays_example_trains_and_reports_without_tensorflow(tmp_path):
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    from tf_simclr.data import idx
+
+    if not os.path.isdir(idx.FASHION_MNIST_DIR):
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     pytest.importorskip("jax")
     blocker = os.path.join(helpers.REPO, "tests", "training", "without_tensorflow.py")

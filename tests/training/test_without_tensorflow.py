@@ -24,7 +24,6 @@ from tf_simclr.storage import checkpoint as ckpt_lib
 pytest.importorskip("jax")
 
 BLOCKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "without_tensorflow.py")
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SIZE, N_TRAIN, N_TEST, KNN_EXAMPLES = 16, 512, 256, 128
 NONE_LOADED = "tensorflow modules loaded: []"
 
@@ -38,9 +37,9 @@ def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def fashion_subset(tmp_path_factory):
     """The first 512 training and 256 test images of Fashion-MNIST, as an idx folder."""
-    if not os.path.isdir(FASHION_MNIST):
+    if not os.path.isdir(idx.FASHION_MNIST_DIR):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
-    full = idx.read_idx_folder(FASHION_MNIST)
+    full = idx.read_idx_folder(idx.FASHION_MNIST_DIR)
     chosen = {"train": N_TRAIN, "test": N_TEST}
     splits = {split: (full[split][0][:n, ..., 0], full[split][1][:n]) for split, n in chosen.items()}
     return helpers.write_idx_folder(str(tmp_path_factory.mktemp("fashion-mnist")), splits=splits)

@@ -401,10 +401,11 @@ def eval_views(images, image_size: int):
     """
     images = ops.convert_to_tensor(images)
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-    if not AugmentSpec(int(image_size)).eval_crop() and (height, width) == (image_size, image_size):
+    crop = AugmentSpec(int(image_size)).eval_crop()
+    if not crop and (height, width) == (image_size, image_size):
         out = ops.cast(images, "float32") * (1.0 / 255.0 if "int" in str(images.dtype) else 1.0)
         return ops.clip(out if channels == 3 else ops.tile(out, [1, 1, 1, 3]), 0.0, 1.0)
-    if AugmentSpec(int(image_size)).eval_crop():  # A square crop of the short side (host._crop_shape, aspect 1).
+    if crop:  # A square crop of the short side (host._crop_shape, aspect 1).
         side = float(np.rint(EVAL_CROP_PROPORTION * min(height, width)))
         crop_height = crop_width = side
     else:

@@ -28,9 +28,11 @@ from typing import Any, Mapping
 
 import tensorflow_datasets as tfds
 
-DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
+from tf_simclr.data import idx
+
+DEFAULT_SOURCE_DIR = idx.FASHION_MNIST_DIR
 DATASET_NAME = "fashion_mnist"
-_INSTALL_HINT = "apt-get install dataset-fashion-mnist"
+_INSTALL_HINT = idx.FASHION_MNIST_INSTALL
 
 # SHA-256 of the *decompressed* idx files: the same bytes TFDS's own download
 # yields once extracted. They guard against a truncated or different file

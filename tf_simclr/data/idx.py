@@ -22,6 +22,9 @@ SPLIT_FILES = {
 }
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
+# Where Debian's dataset-fashion-mnist puts the four files, and how to get them.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 _UINT8 = 0x08
 
 
@@ -53,7 +56,7 @@ def _find(folder: str, name: str) -> str:
     raise FileNotFoundError(
         f"{folder} has no {name}.gz (nor {name}): an idx dataset folder holds "
         f"{sorted(n for pair in SPLIT_FILES.values() for n in pair)} (each may be gzipped). "
-        "For Fashion-MNIST: `apt-get install dataset-fashion-mnist` installs them in /usr/share/datasets/fashion-mnist."
+        f"For Fashion-MNIST: `{FASHION_MNIST_INSTALL}` installs them in {FASHION_MNIST_DIR}."
     )
 
 

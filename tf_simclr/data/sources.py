@@ -40,27 +40,32 @@ def load_source(dataset: str, data_dir: Optional[str] = None, *, prepare: bool =
         `image`/`label` features.
       RuntimeError: the dataset is not prepared and cannot be prepared here.
     """
-    import importlib
-
     from tf_simclr.data import arrays
 
     if dataset.startswith(arrays.IDX_PREFIX):
         source = arrays.open_idx_folder(dataset[len(arrays.IDX_PREFIX):])
+    elif dataset.startswith(FOLDER_PREFIX):
+        source = _tensorflow_module("image_folder", dataset).ImageFolderSource(dataset[len(FOLDER_PREFIX):],
+                                                                              strict=strict_images)
     else:
-        try:
-            module = importlib.import_module("tf_simclr.data." + (
-                "image_folder" if dataset.startswith(FOLDER_PREFIX) else "tfds_source"))
-        except ImportError as e:
-            raise ValueError(f"--dataset={dataset} is read with TensorFlow, which does not import here ({e}). "
-                             f"Install tensorflow, or use --dataset={arrays.IDX_PREFIX}<folder of idx files> "
-                             "(read into memory; trains on Keras/JAX alone).") from e
-        if dataset.startswith(FOLDER_PREFIX):
-            source = module.ImageFolderSource(dataset[len(FOLDER_PREFIX):], strict=strict_images)
-        else:
-            source = module.open_tfds(dataset, data_dir, splits)
+        source = _tensorflow_module("tfds_source", dataset).open_tfds(dataset, data_dir, splits)
     for split in splits:
         source.check_split(split)
     return prepared(source) if prepare else source
+
+
+def _tensorflow_module(name: str, dataset: str):
+    """`tf_simclr.data.<name>`, which reads through TensorFlow; without it, a ValueError naming the way out."""
+    import importlib
+
+    from tf_simclr.data import arrays
+
+    try:
+        return importlib.import_module(f"tf_simclr.data.{name}")
+    except ImportError as e:
+        raise ValueError(f"--dataset={dataset} is read with TensorFlow, which does not import here ({e}). "
+                         f"Install tensorflow, or use --dataset={arrays.IDX_PREFIX}<folder of idx files> "
+                         "(read into memory; trains on Keras/JAX alone).") from e
 
 
 def prepared(source: ImageSource) -> ImageSource:

@@ -19,7 +19,7 @@ def distributed_dataset(config: Config, source, strategy, split: str, views: vie
     if jax_parallel.is_jax() and views.on_device and arrays.is_array_source(source):
         jax_parallel.check_global_batch(global_batch, flag)
         return source.training_batches(split, global_batch, seed=t.seed, skip_batches=skip_batches)
-    from tf_simclr.data import pipeline  # Needs TensorFlow (jobs.checks says so before any work).
+    from tf_simclr.data import pipeline  # Needs TensorFlow (jax_parallel.check_without_tensorflow said so earlier).
 
     deterministic = views.training and t.deterministic
     replicas = strategy.num_replicas_in_sync

@@ -96,8 +96,7 @@ def train(config: Config, strategy=None, callbacks: Sequence[keras.callbacks.Cal
     if source is None:
         source = sources.load_source(config.data.dataset, config.data.data_dir, splits=[config.data.train_split],
                                      strict_images=config.data.strict_images)
-    if jax_parallel.is_jax():  # What needs TensorFlow says so here, not inside an import.
-        jax_parallel.check_without_tensorflow(config, source, whole_job=False)
+    jax_parallel.check_without_tensorflow(config, source, whole_job=False)  # Named here, not inside an import.
     source = subsets.labelled_subset(config, source)
     plan = make_plan(config, source.num_examples(config.data.train_split))
     log.info(

@@ -22,7 +22,10 @@ import os
 import re
 
 KINDS = (  # First match wins.
-    ("matrix (conv / gemm)", re.compile(r"conv|gemm|xmma|cudnn|cublas|cutlass|sm\d\d_|dot|wgmma", re.I)),
+    # cuDNN's own layout changes (e.g. `cudnn::ops::nchwToNhwcKernel`) before its convolutions: copies.
+    ("copy / transpose", re.compile(r"nchwToNhwc|nhwcToNchw|nchw2nhwc|nhwc2nchw", re.I)),
+    # `conv` but not `convert`: XLA names its dtype-cast fusions `loop_convert_fusion`, `wrapped_convert`.
+    ("matrix (conv / gemm)", re.compile(r"conv(?!ert)|gemm|xmma|cudnn|cublas|cutlass|sm\d\d_|dot|wgmma", re.I)),
     ("copy / transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
     ("reduction fusion", re.compile(r"reduce|reduction", re.I)),
     ("other fusion", re.compile(r"fusion|loop_", re.I)),

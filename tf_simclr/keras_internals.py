@@ -18,6 +18,12 @@ against Keras 3.15.1 (TensorFlow 2.21, JAX 0.7).
    MultiWorkerMirroredStrategy it fails reducing the per-replica batch.
 4. `MultiWorkerMirroredStrategy.extended._in_multi_worker_mode()`: whether the
    strategy really spans several processes (a one-task TF_CONFIG does not).
+5. `BatchNormalization._moments(inputs, mask)`: the hook through which Keras's
+   batch norm takes its batch mean and variance (float32 inputs, `mask` None for
+   images), overridden by `models.layers.BatchNorm` to read them in one pass.
+   Keras has no public way to change how the statistics are computed. If an
+   upgrade stops calling it, the layer silently falls back to Keras's two
+   passes; `tests/models/test_layers.py` fails on that.
 """
 
 from __future__ import annotations

@@ -3,9 +3,70 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 BATCH_NORM_EPSILON = 1e-5  # The reference's.
+
+
+def one_pass_moments(x, axes, shift=None):
+    """Mean and variance of `x` over `axes` from one read of `x`: E[x - s] and E[(x - s)^2].
+
+    Keras's own statistics (`ops.moments`) take the mean first and then the mean
+    squared distance from it: two reductions, the second waiting for the first, so
+    every activation is read twice before it is normalized. Both sums here read
+    `x` once, side by side, the way Keras's synchronized batch norm and PyTorch's
+    compiled one (a Welford reduction) already do. Subtracting a per-channel
+    `shift` close to the mean (the moving mean) keeps the difference of squares
+    from cancelling when the mean is large against the spread; with no shift it
+    is flax's "fast variance".
+
+    Args:
+      x: A float tensor (float32: the batch-norm layer upcasts before this).
+      axes: The axes to reduce (all but the channel axis).
+      shift: A value broadcastable to `x`'s channels, held constant for the
+        gradient. Defaults to None (no shift).
+
+    Returns:
+      `(mean, variance)`, each with the reduced axes dropped.
+    """
+    shift = 0.0 if shift is None else ops.stop_gradient(shift)
+    centred = x - shift
+    mean_shifted = ops.mean(centred, axis=axes, keepdims=True)
+    variance = ops.maximum(ops.mean(ops.square(centred), axis=axes, keepdims=True) - ops.square(mean_shifted), 0.0)
+    return ops.squeeze(mean_shifted + shift, axis=axes), ops.squeeze(variance, axis=axes)
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class BatchNorm(layers.BatchNormalization):
+    """Keras's `BatchNormalization`, its batch statistics read in one pass (`one_pass_moments`).
+
+    Same variables, the same update of the moving averages, the same output to
+    float32 rounding: checkpoints, exports and converted reference weights are
+    unchanged. It saves one read of every normalized activation in each training
+    step, which matters where batch norm is memory-bound (GPUs; benchmarks/
+    batch_norm_statistics.py). A synchronized layer (`--global_bn` under
+    `tf.distribute`) keeps Keras's cross-replica sums, which are one pass already.
+
+    Args:
+      one_pass_statistics: Use `one_pass_moments`; False gives Keras's own
+        two-pass statistics (for side-by-side timing). Defaults to True.
+      **kwargs: `keras.layers.BatchNormalization`'s arguments.
+    """
+
+    def __init__(self, one_pass_statistics: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.one_pass_statistics = bool(one_pass_statistics)
+
+    def _moments(self, inputs, mask):  # Keras's hook for the batch statistics (keras_internals, 5).
+        if not self.one_pass_statistics or mask is not None or self.synchronized:
+            return super()._moments(inputs, mask)
+        channels = [1] * len(inputs.shape)
+        channels[self.axis] = inputs.shape[self.axis]
+        shift = ops.reshape(ops.cast(self.moving_mean, inputs.dtype), channels)
+        return one_pass_moments(inputs, self._reduction_axes, shift=shift)
+
+    def get_config(self):
+        return {**super().get_config(), "one_pass_statistics": self.one_pass_statistics}
 
 
 def batch_norm(
@@ -15,7 +76,7 @@ def batch_norm(
     zero_init: bool = False,
     center: bool = True,
     scale: bool = True,
-) -> layers.BatchNormalization:
+) -> BatchNorm:
     """A batch-norm layer with the reference's epsilon and momentum.
 
     `global_bn` maps to `synchronized=True`, which the TensorFlow backend honours
@@ -37,7 +98,7 @@ def batch_norm(
     """
     synchronized = bool(global_bn) and keras.backend.backend() == "tensorflow"
     gamma_initializer = "zeros" if zero_init else "ones"
-    return layers.BatchNormalization(
+    return BatchNorm(
         momentum=batch_norm_decay, epsilon=BATCH_NORM_EPSILON, center=center, scale=scale,
         gamma_initializer=gamma_initializer, synchronized=synchronized, name=name,
     )

@@ -24,6 +24,9 @@ measured in this one run on this one machine:
                   SGD with momentum (cheaper than our LARS), forward + loss under
                   `torch.compile` (default mode), on the same synthetic views.
   torch_eager     The same, not compiled.
+  jax_two_pass_bn jax_synthetic's step (train function only) with Keras's own
+                  batch statistics, the mean and then the variance around it,
+                  instead of tf_simclr's one-pass `BatchNorm`: what that saves.
 
 A rate is images/s (two views each) over `--steps` steps after warm-up; the
 median of `--windows` windows is reported. Host-side JPEG decoding is not part of
@@ -42,7 +45,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("jax_synthetic", "jax_end_to_end", "torch_compile", "torch_eager")
+PARTS = ("jax_synthetic", "jax_end_to_end", "torch_compile", "torch_eager", "jax_two_pass_bn")
 
 
 # ----------------------------------------------------------------------------- shared
@@ -102,10 +105,12 @@ def _run_config(args, device_augment: bool):
     )
 
 
-def _build_jax_model(args, device_augment: bool):
+def _build_jax_model(args, device_augment: bool, one_pass_bn: bool = True):
     """The trainer's own model and optimizer (`trainer.compile_model`): LARS, warm-up + cosine, weight decay."""
     import keras
 
+    from tf_simclr import keras_internals
+    from tf_simclr.models.layers import BatchNorm
     from tf_simclr.optim import precision
     from tf_simclr.optim.plan import make_plan
     from tf_simclr.training import trainer
@@ -113,6 +118,9 @@ def _build_jax_model(args, device_augment: bool):
     config = _run_config(args, device_augment)
     precision.set_precision(args.precision)
     model = trainer.compile_model(config, None, make_plan(config, 100 * args.batch))
+    for layer in keras_internals.sublayers(model):
+        if isinstance(layer, BatchNorm):
+            layer.one_pass_statistics = one_pass_bn  # Read when the step is traced, at its first call.
     return keras, model
 
 
@@ -146,9 +154,10 @@ def _time_fit(model, batches, args) -> dict:
     return {"images_per_s": statistics.median(rates), "windows": [round(r, 1) for r in rates]}
 
 
-def part_jax_synthetic(args) -> dict:
+def part_jax_synthetic(args, one_pass_bn: bool = True) -> dict:
+    """The step on views already on the device; with `one_pass_bn=False` only the train function is timed."""
     jax, device = _jax_setup(args)
-    keras, model = _build_jax_model(args, device_augment=False)
+    keras, model = _build_jax_model(args, device_augment=False, one_pass_bn=one_pass_bn)
     key = jax.random.PRNGKey(0)
     views = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 6), "float32")
     labels = jax.numpy.zeros((args.batch,), "int32")
@@ -168,6 +177,8 @@ def part_jax_synthetic(args) -> dict:
 
     compile_s, direct = _first_step_then_windows(step, sync, args)
     loss = float(holder["logs"]["contrast_loss"])
+    if not one_pass_bn:
+        return {"device": device, "direct": direct, "first_step_s": round(compile_s, 1), "contrast_loss": loss}
     if args.trace_dir:  # A few steps under the profiler, for benchmarks/trace_summary.py (no device time to read).
         jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
         for _ in range(args.trace_steps):
@@ -328,19 +339,20 @@ def _report(results: dict, args) -> str:
         ("tf_simclr, Keras/JAX, uint8 + device augmentation, model.fit", _rate(results, "jax_end_to_end", "fit")),
         ("PyTorch torchvision, torch.compile", _rate(results, "torch_compile", "direct")),
         ("PyTorch torchvision, eager", _rate(results, "torch_eager", "direct")),
+        ("tf_simclr, synthetic, Keras's two-pass batch-norm statistics", _rate(results, "jax_two_pass_bn", "direct")),
     ]
     devices = sorted({r["device"] for r in results.values() if "device" in r})
     lines = [f"SimCLR train step, ResNet-{args.depth} x{args.width:g}, {args.image_size} px, {args.batch} images "
              f"({2 * args.batch} views) a step, {args.precision}, tf_simclr with {args.optimizer}; median of {args.windows} windows of "
              f"{args.steps} steps", "devices: " + "; ".join(devices), ""]
-    parts = ("jax_synthetic", "jax_synthetic", "jax_end_to_end", "torch_compile", "torch_eager")
+    parts = ("jax_synthetic", "jax_synthetic", "jax_end_to_end", "torch_compile", "torch_eager", "jax_two_pass_bn")
     for (name, rate), part in zip(rows, parts):
         lines.append(f"  {name:64s} {rate:9.1f} images/s" if rate else
                      f"  {name:64s}   ({'failed' if part in results else 'not run'})")
     augment = results.get("jax_end_to_end", {}).get("augment_views_per_s")
     if augment:
         lines.append(f"  {'device augmentation alone (Keras/JAX)':64s} {augment:9.1f} views/s")
-    ours, ours_fit, e2e, peer, eager = (rate for _, rate in rows)
+    ours, ours_fit, e2e, peer, eager, two_pass = (rate for _, rate in rows)
 
     def ratio(name, a, b, target=None):
         if a and b:
@@ -352,6 +364,7 @@ def _report(results: dict, args) -> str:
     ratio("tf_simclr (model.fit) / torch.compile", ours_fit, peer, 1.1)
     ratio("end-to-end (uint8, device augmentation) / synthetic, both model.fit", e2e, ours_fit, 0.95)
     ratio("torch.compile / torch eager", peer, eager)
+    ratio("one-pass / two-pass batch-norm statistics (train function)", ours, two_pass)
     base = _rate(results, "jax_synthetic", "direct")
     for part in (p for p in results if p.startswith("jax_synthetic[")):
         rate = _rate(results, part, "direct")
@@ -416,7 +429,8 @@ def main(argv=None):
     if args.part:
         runners = {"jax_synthetic": part_jax_synthetic, "jax_end_to_end": part_jax_end_to_end,
                    "torch_compile": lambda a: part_torch(a, compiled=True),
-                   "torch_eager": lambda a: part_torch(a, compiled=False)}
+                   "torch_eager": lambda a: part_torch(a, compiled=False),
+                   "jax_two_pass_bn": lambda a: part_jax_synthetic(a, one_pass_bn=False)}
         _emit(args.result, runners[args.part](args))
         return
 

@@ -14,9 +14,10 @@
 # its first epoch's extra time (compilation) and its second epoch's ms a step (Keras's own epoch line), less 8%
 # for the kNN curve and checkpoints of the real run. The arithmetic is in $OUT/train_epochs.txt.
 #
-# It needs in the working tree: Keras's wheels in .whl/ (keras 3.15.1, namex 0.1.0, optree 0.20.0;
-# installed with pip --no-index into /tmp/site) unless Keras is installed, and Fashion-MNIST's four idx
-# files in .data/fashion-mnist/ (a copy of /usr/share/datasets/fashion-mnist) unless that folder exists.
+# It needs in the working tree what benchmarks/prepare_gpu_carry.sh prepares: Keras's wheels in .whl/
+# (keras 3.15.1, namex 0.1.0, optree 0.20.0; installed with pip --no-index into /tmp/site) unless Keras is
+# installed, and Fashion-MNIST's four idx files in .data/fashion-mnist/ unless /usr/share/datasets/fashion-mnist
+# exists.
 # TensorFlow is blocked from import in every process (tests/training/without_tensorflow.py's check, as a
 # module on PYTHONPATH), so a run here behaves as on the GPU machine. Results: $OUT/calibration.log,
 # train_epochs.txt, recipe.log, feature_eval.json, learning_curve.json/.png, train_wall_s.txt,

@@ -15,36 +15,32 @@ def _data(mean, std, shape=(16, 6, 6, 5), seed=0):
     return np.random.default_rng(seed).normal(mean, std, size=shape).astype("float32")
 
 
-@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (3.0, 0.5), (-20.0, 4.0)])
-def test_one_pass_moments_match_numpy_with_and_without_a_shift(mean, std):
+@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (1.5, 0.5), (-8.0, 4.0)])
+def test_one_pass_moments_match_numpy(mean, std):
     x = _data(mean, std)
     x64 = x.astype(np.float64)
-    for shift in (None, np.full((1, 1, 1, 5), mean * 0.9, "float32")):
-        got_mean, got_var = (keras.ops.convert_to_numpy(v) for v in one_pass_moments(x, AXES, shift=shift))
-        assert got_mean.shape == got_var.shape == (5,)
-        np.testing.assert_allclose(got_mean, x64.mean(AXES), rtol=1e-5, atol=1e-5 * std)
-        np.testing.assert_allclose(got_var, x64.var(AXES), rtol=1e-4)
+    got_mean, got_var = (keras.ops.convert_to_numpy(v) for v in one_pass_moments(x, AXES))
+    assert got_mean.shape == got_var.shape == (5,)
+    np.testing.assert_allclose(got_mean, x64.mean(AXES), rtol=1e-5, atol=1e-6 * std)
+    np.testing.assert_allclose(got_var, x64.var(AXES), rtol=5e-5)
 
 
-def test_a_shift_near_the_mean_keeps_the_difference_of_squares_from_cancelling():
-    """Mean 300, spread 1: E[x^2] - E[x]^2 in float32 loses the variance; shifted by the moving mean it does not."""
-    x = _data(300.0, 1.0, shape=(64, 8, 8, 4))
-    exact = x.astype(np.float64).var(AXES)
-    _, unshifted = one_pass_moments(x, AXES)
-    _, shifted = one_pass_moments(x, AXES, shift=np.full((1, 1, 1, 4), 299.0, "float32"))
-    assert np.max(np.abs(keras.ops.convert_to_numpy(shifted) / exact - 1)) < 1e-4
-    assert np.max(np.abs(keras.ops.convert_to_numpy(unshifted) / exact - 1)) > 1e-3
+@pytest.mark.parametrize("ratio,bound", [(10, 1e-3), (30, 1e-2)])
+def test_cancellation_stays_within_its_documented_bound(ratio, bound):
+    """E[x^2] - E[x]^2 loses digits as (mean / std)^2: measured 3.6e-4 at 10 and 2.7e-3 at 30 (the docstring's)."""
+    x = _data(float(ratio), 1.0, shape=(256, 14, 14, 8))
+    _, variance = one_pass_moments(x, AXES)
+    error = np.max(np.abs(keras.ops.convert_to_numpy(variance) / x.astype(np.float64).var(AXES) - 1))
+    assert error < bound
 
 
-def test_the_shift_carries_no_gradient_and_the_moments_gradients_match_numpy():
+def test_the_moments_gradients_match_numpy():
     x = tf.constant(_data(1.0, 2.0, shape=(4, 3, 3, 2)))
-    shift = tf.Variable(np.full((1, 1, 1, 2), 0.5, "float32"))
     weights = np.array([0.3, -1.2], "float32")
-    with tf.GradientTape(persistent=True) as tape:
+    with tf.GradientTape() as tape:
         tape.watch(x)
-        mean, var = one_pass_moments(x, AXES, shift=shift)
+        mean, var = one_pass_moments(x, AXES)
         objective = tf.reduce_sum(mean * weights) + tf.reduce_sum(var)
-    assert tape.gradient(objective, shift) is None
     n = 4 * 3 * 3
     x64 = x.numpy().astype(np.float64)
     expected = weights / n + 2 * (x64 - x64.mean(AXES)) / n  # d mean/dx = 1/n; d var/dx = 2 (x - mean) / n.

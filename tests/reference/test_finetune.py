@@ -98,10 +98,10 @@ def test_converted_checkpoint_fine_tunes(converted, tinted, tmp_path):
     """The converted tf_simclr checkpoint as --checkpoint (its encoder; the run's own head starts fresh).
 
     A fresh head learns slowly from this random encoder, and its per-step losses are noisy (one crop of each of
-    10 images), so float rounding alone can decide a short run: at 0.3 for 8 steps the half-means dropped 0.06-0.14
-    for seeds 0-3 with two-pass batch statistics, but rose 0.05 for seed 0 with one-pass ones. So: a fixed stream,
-    0.1, 16 steps, and the mean of the last 4 losses below that of the first 4. Measured for seeds 0-3: drops of
-    0.09-0.19 (one-pass statistics) and 0.06-0.23 (two-pass); at lr 0 the check fails (2.305 -> 2.352).
+    10 images), so float rounding alone can decide a short run: at 0.3 for 8 steps the half-means of seeds 0-3
+    dropped 0.06-0.14 with two-pass batch statistics, but -0.01-0.11 with one-pass ones (two seeds failed). So: a
+    fixed stream, 0.1, 16 steps, and the mean of the last 4 losses below that of the first 4. Measured for seeds
+    0-3: drops of 0.14-0.20 (one-pass statistics) and 0.06-0.23 (two-pass); at lr 0 the check fails (2.305 -> 2.352).
     """
     config = helpers.tiny_config(
         f"folder:{tinted}", str(tmp_path / "ft"), model=_fixture_model_fields(), train_mode="finetune",

@@ -154,15 +154,16 @@ def test_pretraining_learns_and_resumes_after_a_crash(fashion_mnist_dir, tmp_pat
     assert os.listdir(model_dir + "_exports") == ["80"]
     assert os.path.exists(os.path.join(model_dir + "_exports", "80", "saved_model.pb"))
 
-    # The linear head trained alongside (--lineareval_while_pretraining): its accuracy on 4 batches of the
-    # test split, against the same head's predictions computed here.
-    scored = config.replace(train={"eval_steps": 4, "eval_batch_size": 64})
+    # The linear head trained alongside (--lineareval_while_pretraining): its accuracy on 16 batches of the
+    # test split, against the same head's predictions computed here. After 80 steps it scored 18-42% in 12 runs,
+    # so 1,024 images: on 256, 18% (47 right) was not distinguishable from chance at the 1e-6 tail.
+    scored = config.replace(train={"eval_steps": 16, "eval_batch_size": 64})
     results = supervised.evaluate_checkpoint(scored, model, source=source)
     assert results["global_step"] == 80
-    images, labels = next(iter(pipeline.eval_dataset(source, "test", 16, batch_size=256)))
+    images, labels = next(iter(pipeline.eval_dataset(source, "test", 16, batch_size=1024)))
     predicted = np.argmax(np.asarray(model(images, training=False)["logits_sup"]), axis=1)
     assert results["top_1_accuracy"] == pytest.approx(float(np.mean(predicted == labels.numpy())), abs=1e-6)
-    assert helpers.beats_chance(results["top_1_accuracy"], 256, 10), results  # The head learnt from frozen features.
+    assert helpers.beats_chance(results["top_1_accuracy"], 1024, 10), results  # The head learnt from frozen features.
     assert os.path.exists(os.path.join(model_dir, "result_80.json"))
 
 

@@ -216,6 +216,43 @@ def test_linear_eval_errors_name_the_bad_value():
         linear_probe.linear_eval(x, y, x, y, num_classes=2, epochs=0)
 
 
+def _sklearn_holdout_accuracy(x, y, held, kept, l2):
+    """scikit-learn's accuracy on the held-out rows, trained on the kept ones with the probe's objective at l2."""
+    x_fit, x_held = linear_probe.standardize_features(x[kept], x[held])
+    sk = LogisticRegression(C=1.0 / (2 * l2 * len(kept)), max_iter=3000).fit(x_fit, y[kept])
+    return sk.score(x_held, y[held])
+
+
+def test_choose_l2_picks_a_penalty_scikit_learn_also_scores_best_on_the_same_held_out_rows():
+    n = 1200
+    x, y = _gaussian_classes(n, 3, 4, noise=1.0, seed=5)
+    x = np.concatenate([x, np.random.default_rng(6).normal(size=(n, 800)).astype(np.float32)], axis=1)  # Noise.
+    grid = (1e-5, 1e-3, 1e-1)
+    chosen = linear_probe.choose_l2(x, y, num_classes=3, grid=grid, seed=3)
+    assert chosen["num_validation"] == n // 6 and set(chosen["validation_accuracy"]) == {"1e-05", "0.001", "0.1"}
+    order = np.random.default_rng(3).permutation(n)  # The split choose_l2 documents: its seed's permutation.
+    held, kept = order[:n // 6], order[n // 6:]
+    sklearn = {l2: _sklearn_holdout_accuracy(x, y, held, kept, l2) for l2 in grid}
+    assert sklearn[chosen["l2"]] >= max(sklearn.values()) - 0.02, (chosen, sklearn)
+    assert chosen["l2"] >= 1e-3, chosen  # 800 noise features on 1,000 examples: a weak penalty overfits.
+
+
+def test_choose_l2_breaks_ties_towards_the_stronger_penalty():
+    x, y = np.ones((60, 3), np.float32), np.arange(60) % 2  # Nothing to learn: every penalty scores the same.
+    chosen = linear_probe.choose_l2(x, y, num_classes=2, grid=(1e-5, 1e-2, 1e-3), epochs=2)
+    assert len(set(chosen["validation_accuracy"].values())) == 1 and chosen["l2"] == 1e-2
+
+
+def test_choose_l2_errors_name_the_bad_value():
+    x, y = np.zeros((10, 3)), np.arange(10) % 2
+    with pytest.raises(ValueError, match="validation_fraction"):
+        linear_probe.choose_l2(x, y, num_classes=2, validation_fraction=1.0)
+    with pytest.raises(ValueError, match="at least 2 labelled"):
+        linear_probe.choose_l2(x[:1], y[:1], num_classes=2)
+    with pytest.raises(ValueError, match="at least one"):
+        linear_probe.choose_l2(x, y, num_classes=2, grid=())
+
+
 def test_standardize_features_uses_train_statistics():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(100, 3)) * [1, 10, 0] + [0, 5, 3]  # Third column constant.

@@ -2,7 +2,8 @@
 
 The quickstart's last step (`--feature_eval`). A contrastive loss that falls
 proves little by itself. The same protocol (the same probe, standardization,
-train and test examples) runs on three inputs:
+train and test examples, and the probe's L2 penalty chosen for each input on
+training examples held out from its training) runs on three inputs:
 
 * `pretrained`: the trained encoder's `final_avg_pool` features;
 * `random_init`: an encoder of the same shape that never trained;
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from tf_simclr.config import Config
 from tf_simclr.evaluation.features import FeatureFn, extract_features, raw_pixels
 from tf_simclr.evaluation.knn import knn_accuracy
-from tf_simclr.evaluation.linear_probe import linear_eval
+from tf_simclr.evaluation.linear_probe import PROBE_L2_GRID, choose_l2, linear_eval
 from tf_simclr.storage import atomic, fs
 
 log = logging.getLogger("tf_simclr")
@@ -35,10 +36,19 @@ _BATCH = 500
 
 
 def evaluate_features(x_train, y_train, x_test, y_test, *, num_classes: int, k: int = 200, temperature: float = 0.1,
-                      linear_epochs: int = 30, l2: float = 1e-5, seed: int = 0) -> dict:
-    """Linear probe and weighted kNN on extracted features (unlabeled, -1, examples dropped)."""
+                      linear_epochs: int = 30, l2: Union[float, Sequence[float]] = PROBE_L2_GRID, seed: int = 0) -> dict:
+    """Linear probe and weighted kNN on extracted features (unlabeled, -1, examples dropped).
+
+    `l2` is the probe's penalty, or a grid to choose it from on a held-out share of
+    the training examples (`choose_l2`); the default grid, so that every row gets
+    the penalty that suits it and a baseline is not handicapped by one fixed value.
+    """
     x_train, y_train = _labelled(x_train, y_train, "train")
     x_test, y_test = _labelled(x_test, y_test, "test")
+    chosen = None
+    if not isinstance(l2, (int, float)):
+        chosen = choose_l2(x_train, y_train, num_classes=num_classes, grid=l2, epochs=linear_epochs, seed=seed)
+        l2 = chosen["l2"]
     linear = linear_eval(x_train, y_train, x_test, y_test, num_classes=num_classes, epochs=linear_epochs, l2=l2,
                          seed=seed)
     knn = knn_accuracy(x_train, y_train, x_test, y_test, k=k, temperature=temperature, num_classes=num_classes)
@@ -49,7 +59,10 @@ def evaluate_features(x_train, y_train, x_test, y_test, *, num_classes: int, k: 
         "num_train": int(x_train.shape[0]),
         "num_test": int(x_test.shape[0]),
         "feature_dim": int(x_train.shape[1]),
+        "linear_l2": float(l2),
     }
+    if chosen is not None:
+        result["linear_l2_validation"] = chosen["validation_accuracy"]
     if "top_5_accuracy" in linear:
         result["linear_top_5"] = linear["top_5_accuracy"]
     return result
@@ -78,7 +91,8 @@ def evaluate_encoder(
 
     Returns:
         dict with `linear_top_1`, `linear_top_5` (more than 5 classes only),
-        `linear_train_top_1`, `knn_top_1`, `num_train`, `num_test`, `feature_dim`.
+        `linear_train_top_1`, `knn_top_1`, `num_train`, `num_test`, `feature_dim`,
+        `linear_l2` (the probe's penalty) and, where it was chosen, `linear_l2_validation`.
     """
     x_train, y_train = extract_features(model, train_ds, key=key, max_batches=max_batches)
     x_test, y_test = extract_features(model, test_ds, key=key, max_batches=max_batches)
@@ -159,10 +173,11 @@ def frozen_feature_report(
 
 def format_report(report: dict) -> str:
     """A small table: one row per input, linear-probe and kNN top-1 in percent, feature width."""
-    lines = [f"{'features':<12} {'linear top-1':>12} {'kNN top-1':>10} {'dim':>6}  (train/test examples)"]
+    lines = [f"{'features':<12} {'linear top-1':>12} {'kNN top-1':>10} {'dim':>6} {'probe L2':>8}  (train/test examples)"]
     for name, r in report.items():
+        l2 = f"{r['linear_l2']:g}" if "linear_l2" in r else "-"
         lines.append(f"{name:<12} {100 * r['linear_top_1']:11.1f}% {100 * r['knn_top_1']:9.1f}% "
-                     f"{r['feature_dim']:6d}  ({r['num_train']}/{r['num_test']})")
+                     f"{r['feature_dim']:6d} {l2:>8}  ({r['num_train']}/{r['num_test']})")
     if "pretrained" in report and "raw_pixels" in report:
         gain = 100 * (report["pretrained"]["linear_top_1"] - report["raw_pixels"]["linear_top_1"])
         lines.append(f"pretrained vs raw pixels, linear probe: {gain:+.1f} points")

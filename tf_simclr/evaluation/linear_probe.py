@@ -49,7 +49,7 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, *, num_classes: int, gri
     """
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1). Received: {validation_fraction}")
-    grid = sorted({float(l2) for l2 in grid}, reverse=True)
+    grid = {float(l2) for l2 in grid}  # The choice below breaks ties itself; order does not matter.
     if not grid:
         raise ValueError("grid must name at least one L2 penalty.")
     n = len(labels)

@@ -46,9 +46,10 @@ def evaluate_features(x_train, y_train, x_test, y_test, *, num_classes: int, k: 
     x_train, y_train = _labelled(x_train, y_train, "train")
     x_test, y_test = _labelled(x_test, y_test, "test")
     chosen = None
-    if not isinstance(l2, (int, float)):
+    if np.ndim(l2):  # A grid; a number (NumPy scalars too) is used as it is.
         chosen = choose_l2(x_train, y_train, num_classes=num_classes, grid=l2, epochs=linear_epochs, seed=seed)
         l2 = chosen["l2"]
+    l2 = float(l2)
     linear = linear_eval(x_train, y_train, x_test, y_test, num_classes=num_classes, epochs=linear_epochs, l2=l2,
                          seed=seed)
     knn = knn_accuracy(x_train, y_train, x_test, y_test, k=k, temperature=temperature, num_classes=num_classes)
@@ -59,7 +60,7 @@ def evaluate_features(x_train, y_train, x_test, y_test, *, num_classes: int, k: 
         "num_train": int(x_train.shape[0]),
         "num_test": int(x_test.shape[0]),
         "feature_dim": int(x_train.shape[1]),
-        "linear_l2": float(l2),
+        "linear_l2": l2,
     }
     if chosen is not None:
         result["linear_l2_validation"] = chosen["validation_accuracy"]

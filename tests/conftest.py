@@ -20,6 +20,8 @@ from helpers import REPO, write_image_folder  # noqa: E402  (one place; tests im
 # Subprocesses (workers, run.py, `python -c` scripts) import this checkout's tf_simclr, as the tests
 # themselves do, not whichever copy pip installed: set once here, inherited by every child.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+# A child that dies of a signal (a segfault in a native library) prints its Python stack, which the tests show.
+os.environ["PYTHONFAULTHANDLER"] = "1"
 
 # Two logical CPUs let MirroredStrategy tests run without GPUs. This must happen
 # before TensorFlow initializes its devices, so it lives here and nowhere else.

@@ -216,6 +216,27 @@ def test_linear_eval_errors_name_the_bad_value():
         linear_probe.linear_eval(x, y, x, y, num_classes=2, epochs=0)
 
 
+def test_probes_trained_side_by_side_score_as_each_alone():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x.astype(np.float32)[:900], y[:900]
+    grid = (0.3, 1e-5, 1e-2, 0.0)  # Unsorted, with 0 (no penalty): each result must stay with its own penalty.
+    side_by_side = linear_probe.linear_eval_per_l2(x[:600], y[:600], x[600:], y[600:], num_classes=10, l2s=grid,
+                                                   epochs=10, seed=2)
+    alone = [linear_probe.linear_eval(x[:600], y[:600], x[600:], y[600:], num_classes=10, l2=l2, epochs=10, seed=2)
+             for l2 in grid]
+    assert len({(r["top_1_accuracy"], r["train_accuracy"]) for r in alone}) >= 3, alone  # A mix-up would show.
+    for l2, together, apart in zip(grid, side_by_side, alone):
+        assert together.keys() == apart.keys()
+        for key in together:  # 300 and 600 examples: one example is 1/300; float noise may move one, not more.
+            assert abs(together[key] - apart[key]) <= 1 / 300 + 1e-9, (l2, key, together, apart)
+    with pytest.raises(ValueError, match="at least one"):
+        linear_probe.linear_eval_per_l2(x, y, x, y, num_classes=10, l2s=())
+    with pytest.raises(ValueError, match="l2=-0.1"):
+        linear_probe.linear_eval_per_l2(x, y, x, y, num_classes=10, l2s=(1e-3, -0.1))
+
+
 def _sklearn_holdout_accuracy(x, y, held, kept, l2):
     """scikit-learn's accuracy on the held-out rows, trained on the kept ones with the probe's objective at l2."""
     x_fit, x_held = linear_probe.standardize_features(x[kept], x[held])

@@ -75,9 +75,9 @@ def choose_probe(x: np.ndarray, y: np.ndarray, *, num_classes: int, grid=None, f
     Returns:
         `{"l2": ..., "standardize": ..., "cv_accuracy": ...}`.
     """
-    from tf_simclr.evaluation.linear_probe import linear_eval
+    from tf_simclr.evaluation.linear_probe import linear_eval_per_l2
 
-    grid = L2_GRID if grid is None else grid
+    grid = sorted(L2_GRID if grid is None else grid, reverse=True)
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(y), np.int64)
     for label in np.unique(y):  # Stratified: each class spread over the folds.
@@ -85,13 +85,14 @@ def choose_probe(x: np.ndarray, y: np.ndarray, *, num_classes: int, grid=None, f
         fold_of[members] = np.arange(members.size) % folds
     scores = {}
     for standardize in (True, False):
-        for l2 in sorted(grid, reverse=True):
-            accuracies = []
-            for k in range(folds):
-                held = fold_of == k
-                accuracies.append(linear_eval(x[~held], y[~held], x[held], y[held], num_classes=num_classes, l2=l2,
-                                              standardize=standardize, seed=seed)["top_1_accuracy"])
-            scores[(l2, standardize)] = float(np.mean(accuracies))
+        accuracies = np.zeros((folds, len(grid)))
+        for k in range(folds):  # The whole grid in one fit per fold (`linear_eval_per_l2`).
+            held = fold_of == k
+            results = linear_eval_per_l2(x[~held], y[~held], x[held], y[held], num_classes=num_classes, l2s=grid,
+                                         standardize=standardize, seed=seed)
+            accuracies[k] = [result["top_1_accuracy"] for result in results]
+        for l2, fold_accuracies in zip(grid, accuracies.T):
+            scores[(l2, standardize)] = float(np.mean(fold_accuracies))
     best = max(scores, key=lambda key: (scores[key], key[0]))
     log.info("Raw-pixel probe: L2 %g, %s, chosen by %d-fold cross-validation (best of %d settings, %.1f%%)", best[0],
              "standardized" if best[1] else "pixels as they are", folds, len(scores), 100 * scores[best])

@@ -58,10 +58,10 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, *, num_classes: int, gri
         raise ValueError(f"Choosing the probe's L2 penalty needs at least 2 labelled training examples; got {n}.")
     order = np.random.default_rng(seed).permutation(n)
     held, kept = order[:n_val], order[n_val:]
-    scores = {}
-    for l2 in grid:
-        scores[l2] = linear_eval(features[kept], labels[kept], features[held], labels[held], num_classes=num_classes,
-                                 epochs=epochs, l2=l2, seed=seed)["top_1_accuracy"]
+    grid = sorted(grid)
+    results = linear_eval_per_l2(features[kept], labels[kept], features[held], labels[held], num_classes=num_classes,
+                                 l2s=grid, epochs=epochs, seed=seed)
+    scores = {l2: result["top_1_accuracy"] for l2, result in zip(grid, results)}
     best = max(grid, key=lambda l2: (scores[l2], l2))
     log.info("Linear probe: L2 %g chosen on %d held-out training examples (%s)", best, n_val,
              ", ".join(f"{l2:g}: {100 * a:.1f}%" for l2, a in sorted(scores.items())))
@@ -123,10 +123,42 @@ def linear_eval(
         dict with `top_1_accuracy`, `top_5_accuracy` (only with more than 5
         classes) on the test set, and `train_accuracy`.
     """
+    return linear_eval_per_l2(train_features, train_labels, test_features, test_labels, num_classes=num_classes,
+                              l2s=(l2,), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                              standardize=standardize, seed=seed)[0]
+
+
+def linear_eval_per_l2(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_classes: int,
+    l2s,
+    epochs: int = 30,
+    learning_rate: float = 0.05,
+    batch_size: Optional[int] = None,
+    standardize: bool = True,
+    seed: int = 0,
+) -> list[dict]:
+    """`linear_eval` at each penalty of `l2s` (its results, in that order), the probes trained side by side.
+
+    One Keras model holds a probe per penalty and minimizes the sum of their
+    objectives. Each probe's weights get only their own objective's gradient, the
+    probes share the batches and the learning-rate schedule, and Adam's update is
+    elementwise, so each trains as it would alone (the tests compare it with
+    separate fits), at about the cost of one fit: tuning the penalty on a grid
+    costs a second probe fit, not one per grid value.
+    """
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive int. Received: epochs={epochs!r}")
-    if l2 < 0:
-        raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+    l2s = [float(l2) for l2 in l2s]
+    if not l2s:
+        raise ValueError("l2s must name at least one L2 penalty.")
+    for l2 in l2s:
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
     if num_classes < 2:
         raise ValueError(f"A linear probe needs at least 2 classes. Received: num_classes={num_classes}")
     x_train = check_features("train_features", train_features)
@@ -146,11 +178,13 @@ def linear_eval(
     batch_size = int(min(batch_size, n))
     steps_per_epoch = n // batch_size  # Full batches only: one compiled shape; the order changes each epoch.
     total_steps = steps_per_epoch * epochs
+    probes = len(l2s)
+    penalties = np.repeat(np.asarray(l2s, np.float32), num_classes)  # One per output column, probe by probe.
     dense = keras.layers.Dense(
-        num_classes,
+        probes * num_classes,
         kernel_initializer="zeros",
         bias_initializer="zeros",
-        kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+        kernel_regularizer=ColumnL2(penalties) if penalties.any() else None,
         name="linear_probe",
     )
     inputs = keras.Input((x_train.shape[1],))
@@ -158,7 +192,7 @@ def linear_eval(
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1))
     probe.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=summed_cross_entropy(probes, num_classes),
         jit_compile=keras.backend.backend() == "jax",  # Eager JAX runs op by op; TF XLA would only add compile time.
     )
     rng = np.random.default_rng(seed)
@@ -169,17 +203,49 @@ def linear_eval(
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             probe.train_on_batch(x_train[idx], y_train32[idx])
-    log.info("linear_eval: %d steps on %d x %d features in %.1f s", total_steps, n, x_train.shape[1], time.perf_counter() - start)
+    log.info("linear_eval: %d steps on %d x %d features, %d penalt%s, in %.1f s", total_steps, n, x_train.shape[1],
+             probes, "y" if probes == 1 else "ies", time.perf_counter() - start)
 
-    kernel, bias = (to_numpy(v) for v in (dense.kernel, dense.bias))
-    train_logits = x_train @ kernel + bias
-    test_logits = x_test @ kernel + bias
-    results = {
-        "top_1_accuracy": float(np.mean(np.argmax(test_logits, axis=1) == y_test)),
-        "train_accuracy": float(np.mean(np.argmax(train_logits, axis=1) == y_train)),
-    }
-    if num_classes > 5:
-        results["top_5_accuracy"] = top_k_accuracy(test_logits, y_test, 5)
+    kernels = to_numpy(dense.kernel).reshape(x_train.shape[1], probes, num_classes)
+    biases = to_numpy(dense.bias).reshape(probes, num_classes)
+    results = []
+    for p in range(probes):
+        train_logits = x_train @ kernels[:, p] + biases[p]
+        test_logits = x_test @ kernels[:, p] + biases[p]
+        result = {
+            "top_1_accuracy": float(np.mean(np.argmax(test_logits, axis=1) == y_test)),
+            "train_accuracy": float(np.mean(np.argmax(train_logits, axis=1) == y_train)),
+        }
+        if num_classes > 5:
+            result["top_5_accuracy"] = top_k_accuracy(test_logits, y_test, 5)
+        results.append(result)
     return results
 
 
+class ColumnL2(keras.regularizers.Regularizer):
+    """`sum_j penalties[j] * ||W[:, j]||^2`: Keras's `L2` regularizer with a penalty per output column."""
+
+    def __init__(self, penalties):
+        self.penalties = np.asarray(penalties, np.float32)
+
+    def __call__(self, weights):
+        return keras.ops.sum(keras.ops.square(weights) * self.penalties)
+
+    def get_config(self):
+        return {"penalties": self.penalties.tolist()}
+
+
+def summed_cross_entropy(probes: int, num_classes: int):
+    """Loss of `probes` side-by-side softmax regressions: the sum over probes of each one's cross-entropy.
+
+    A sum, not Keras's mean over outputs, so each probe's gradient is its own objective's, unscaled.
+    """
+
+    def loss(labels, logits):
+        logits = keras.ops.reshape(logits, (-1, probes, num_classes))
+        labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1, 1))
+        labels = keras.ops.repeat(labels, probes, axis=1)
+        per_probe = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return keras.ops.sum(per_probe, axis=1)
+
+    return loss

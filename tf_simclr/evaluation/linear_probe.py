@@ -49,7 +49,7 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, *, num_classes: int, gri
     """
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1). Received: {validation_fraction}")
-    grid = {float(l2) for l2 in grid}  # The choice below breaks ties itself; order does not matter.
+    grid = sorted({float(l2) for l2 in grid})  # Weak to strong; the tie rule below, not the order, decides.
     if not grid:
         raise ValueError("grid must name at least one L2 penalty.")
     n = len(labels)
@@ -58,14 +58,13 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, *, num_classes: int, gri
         raise ValueError(f"Choosing the probe's L2 penalty needs at least 2 labelled training examples; got {n}.")
     order = np.random.default_rng(seed).permutation(n)
     held, kept = order[:n_val], order[n_val:]
-    grid = sorted(grid)
     results = linear_eval_per_l2(features[kept], labels[kept], features[held], labels[held], num_classes=num_classes,
                                  l2s=grid, epochs=epochs, seed=seed)
     scores = {l2: result["top_1_accuracy"] for l2, result in zip(grid, results)}
     best = max(grid, key=lambda l2: (scores[l2], l2))
     log.info("Linear probe: L2 %g chosen on %d held-out training examples (%s)", best, n_val,
-             ", ".join(f"{l2:g}: {100 * a:.1f}%" for l2, a in sorted(scores.items())))
-    return {"l2": best, "validation_accuracy": {f"{l2:g}": a for l2, a in sorted(scores.items())},
+             ", ".join(f"{l2:g}: {100 * a:.1f}%" for l2, a in scores.items()))
+    return {"l2": best, "validation_accuracy": {f"{l2:g}": a for l2, a in scores.items()},
             "num_validation": n_val}
 
 
@@ -184,7 +183,7 @@ def linear_eval_per_l2(
         probes * num_classes,
         kernel_initializer="zeros",
         bias_initializer="zeros",
-        kernel_regularizer=ColumnL2(penalties) if penalties.any() else None,
+        kernel_regularizer=_ColumnL2(penalties) if penalties.any() else None,
         name="linear_probe",
     )
     inputs = keras.Input((x_train.shape[1],))
@@ -192,7 +191,7 @@ def linear_eval_per_l2(
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1))
     probe.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=summed_cross_entropy(probes, num_classes),
+        loss=_summed_cross_entropy(probes, num_classes),
         jit_compile=keras.backend.backend() == "jax",  # Eager JAX runs op by op; TF XLA would only add compile time.
     )
     rng = np.random.default_rng(seed)
@@ -222,7 +221,7 @@ def linear_eval_per_l2(
     return results
 
 
-class ColumnL2(keras.regularizers.Regularizer):
+class _ColumnL2(keras.regularizers.Regularizer):
     """`sum_j penalties[j] * ||W[:, j]||^2`: Keras's `L2` regularizer with a penalty per output column."""
 
     def __init__(self, penalties):
@@ -235,7 +234,7 @@ class ColumnL2(keras.regularizers.Regularizer):
         return {"penalties": self.penalties.tolist()}
 
 
-def summed_cross_entropy(probes: int, num_classes: int):
+def _summed_cross_entropy(probes: int, num_classes: int):
     """Loss of `probes` side-by-side softmax regressions: the sum over probes of each one's cross-entropy.
 
     A sum, not Keras's mean over outputs, so each probe's gradient is its own objective's, unscaled.

@@ -128,7 +128,7 @@ def _accounts(model, images, upstream) -> dict:
         "kept": collections.Counter(leaf.dtype.name for leaf in kept),
         "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 1e6,
         "accessed_mb": cost.get("bytes accessed", float("nan")) / 1e6,
-        "gradients": [np.asarray(g, np.float32) for g in jax.jit(jax.grad(objective))(trainable)],
+        "gradients": [np.asarray(g, np.float32) for g in compiled(trainable)],
     }
 
 

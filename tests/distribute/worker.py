@@ -25,14 +25,15 @@ if role != "single":
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr.config import ModelConfig  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for `helpers`.
+import helpers  # noqa: E402
 from tf_simclr.distribute import strategy as strategy_lib  # noqa: E402
 from tf_simclr.models import build_model  # noqa: E402
 from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
 from tf_simclr.optim.weight_decay import plan_weight_decay  # noqa: E402
 from tf_simclr.storage import checkpoint  # noqa: E402
 
-CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16, global_bn=True)
+CONFIG = helpers.micro_model_config(image_size=16, global_bn=True)  # The same model as the test's TINY.
 
 strategy = strategy_lib.create_strategy()
 batches = np.load(os.path.join(workdir, "batches.npz"))["images"]  # [steps, global_batch, 16, 16, 6]

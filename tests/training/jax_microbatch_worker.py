@@ -1,6 +1,6 @@
 """The JAX half of tests/training/test_microbatch.py: `KERAS_BACKEND=jax python jax_microbatch_worker.py OUT.json`.
 
-Not a test module. Builds the tiny model with frozen batch norm, takes the full-batch
+Not a test module. Builds the micro model with frozen batch norm, takes the full-batch
 gradient (`jax.value_and_grad` of `compute_losses`) and the chunked one
 (`steps.jax_step.cached_gradients`, in `LAYOUTS_AND_LOOPS`) of one batch, checks the
 moving statistics against the chunks run one by one, then trains one chunked step through
@@ -17,7 +17,8 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_simclr.config import ModelConfig  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for `helpers`.
+import helpers  # noqa: E402
 from tf_simclr.models import build_model  # noqa: E402
 from tf_simclr.optim.optimizers import build_optimizer  # noqa: E402
 from tf_simclr.steps import gradient_cache, jax_step  # noqa: E402
@@ -27,8 +28,7 @@ SIZE, IMAGES, CHUNK = 16, 8, 4  # 2 chunks.
 # moving statistics: each layout and each loop once.
 LAYOUTS_AND_LOOPS = [("paired", "scan"), ("shifted", "scan"), ("shifted", "unrolled")]
 MOVING_LAYOUTS_AND_LOOPS = [("shifted", "scan"), ("paired", "unrolled")]
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=SIZE, proj_out_dim=16, num_proj_layers=2,
-                   global_bn=False)
+TINY = helpers.micro_model_config(image_size=SIZE)  # The encoder of test_microbatch.py's TINY.
 
 
 def model(microbatch, frozen, batch_norm="paired"):

@@ -1,7 +1,7 @@
 """A backbone registered from user code pretrains, fine-tunes by its own stages, exports and reloads.
 
-The encoder is a small Keras model written here (no ResNet anywhere), registered
-with `tf_simclr.register_backbone`; it then goes through the normal paths:
+The encoder is a small Keras model (`helpers.micro_convnet`, no ResNet anywhere), registered
+here with `tf_simclr.register_backbone`; it then goes through the normal paths:
 `tf_simclr.train` (pretraining), fine-tuning with `--fine_tune_after_block`
 freezing by the backbone's stage list, the TF-Hub export, `load_encoder`, and
 `hub.KerasLayer(trainable=True)` under tf_keras in a subprocess.
@@ -29,27 +29,10 @@ NAME = "tiny_convnet_for_tests"
 SIZE = 16
 
 
-def tiny_convnet(config):
-    """Two conv blocks and a pooled vector: images [B, S, S, 3] -> [B, 12]."""
-    images = keras.Input((config.image_size, config.image_size, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="block1_conv")(images)
-    x = keras.layers.BatchNormalization(name="block1_bn")(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(12, 3, strides=2, padding="same", name="block2_conv")(x)
-    x = keras.layers.BatchNormalization(name="block2_bn")(x)
-    x = keras.layers.ReLU()(x)
-    return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x), name="tiny_convnet")
-
-
-def stages(encoder):
-    """Stage 0: the first conv block; stage 1: the second (what --fine_tune_after_block counts)."""
-    layers = [layer for model in encoder.layers if isinstance(model, keras.Model) for layer in model.layers]
-    return [[l for l in layers if l.name.startswith("block1")], [l for l in layers if l.name.startswith("block2")]]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    tf_simclr.register_backbone(NAME, tiny_convnet, stages=stages, total_stride=lambda config: 4, overwrite=True)
+    tf_simclr.register_backbone(NAME, helpers.micro_convnet, stages=helpers.micro_stages,
+                                total_stride=lambda config: 4, overwrite=True)
     yield
     BACKBONES.pop(NAME, None)
 

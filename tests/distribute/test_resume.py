@@ -51,7 +51,8 @@ def test_two_logical_cpus_resume_bit_identical_to_an_uninterrupted_run(image_fol
     assert two_cpu_strategy.num_replicas_in_sync == 2
     uninterrupted = str(tmp_path / "uninterrupted")
     config = helpers.tiny_config(f"folder:{image_folder}", uninterrupted, train_steps=STEPS, checkpoint_steps=EVERY,
-                                 keep_checkpoint_max=0, deterministic=True, seed=3)
+                                 keep_checkpoint_max=0, deterministic=True, seed=3,
+                                 model={"backbone": helpers.register_micro_backbone()})  # Resuming is the subject.
     full = helpers.StepLogs()
     trainer.train(config, two_cpu_strategy, callbacks=[full])
     model_dir = left_by_a_kill(uninterrupted, str(tmp_path / "resumed"))

@@ -176,10 +176,10 @@ _EXPORT_SCRIPT = """
     import numpy as np, tensorflow as tf
     from tf_simclr.export import hub_module
     from tf_simclr.models import build_model
-    from tf_simclr.config import ModelConfig
+    sys.path.insert(0, "tests")  # The working directory is the checkout.
+    import helpers
     base, expected = sys.argv[1:3]
-    model = build_model(ModelConfig(resnet_depth=18, width_multiplier=0.125, image_size=16,
-                                    proj_out_dim=16, num_proj_layers=2, global_bn=False))
+    model = build_model(helpers.micro_model_config())  # Atomic publishing is the subject: a small, fast export.
     rng = np.random.default_rng(0)
     def perturb():  # Random weights and positive batch-norm scales: inference is not near-identity.
         for v in model.weights:
@@ -222,7 +222,7 @@ def test_crash_while_exporting_keeps_the_previous_module(tmp_path):
                                    err_msg=f"from_saved_model={from_saved_model}")
 
     # Exporting step 4 again removes the leftover and publishes a complete module.
-    live = build_model(helpers.tiny_model_config())
+    live = build_model(helpers.micro_model_config())
     hub_module.export_to_hub_dir(live, str(base), 4, keep_max=0, image_size=16)
     assert hidden_entries(base) == []
     assert exports_dir.exported_steps(str(base)) == [2, 4]

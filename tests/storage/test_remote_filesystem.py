@@ -82,6 +82,9 @@ def finish_background_writes():
             thread.join()
 
 
+MICRO = {"backbone": helpers.register_micro_backbone()}  # Storage is the subject, not the ResNet.
+
+
 def ram_dir(name):
     return f"ram://{name}-{uuid.uuid4().hex[:8]}"
 
@@ -89,7 +92,7 @@ def ram_dir(name):
 def pretrain_config(image_folder, model_dir, **train):
     values = dict(train_steps=STEPS, checkpoint_steps=EVERY, keep_checkpoint_max=KEEP, deterministic=True, seed=3)
     values.update(train)
-    return helpers.tiny_config(f"folder:{image_folder}", model_dir, **values)
+    return helpers.tiny_config(f"folder:{image_folder}", model_dir, model=MICRO, **values)
 
 
 def arrays(folder):
@@ -229,7 +232,7 @@ def test_checkpoint_flag_on_ram_starts_fine_tuning_from_a_checkpoint_or_an_expor
     pretrained = ram_run["model_dir"]
     stored = arrays(ckpt_lib.checkpoint_path(pretrained, STEPS))
     for checkpoint in (pretrained, ram_run["base"]):  # A model_dir, and a base folder of exports.
-        config = helpers.tiny_config(ram_run["config"].data.dataset, ram_dir("finetune") + "/run",
+        config = helpers.tiny_config(ram_run["config"].data.dataset, ram_dir("finetune") + "/run", model=MICRO,
                                      train_mode="finetune", checkpoint=checkpoint)
         jobs.prepare(config)  # The checks read the ram:// checkpoint's or export's architecture.
         assert restore.weights_source_kind(checkpoint) == ("checkpoint" if checkpoint == pretrained else "export")

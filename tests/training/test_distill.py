@@ -26,6 +26,8 @@ from tf_simclr.training import trainer
 pytestmark = pytest.mark.slow
 
 STEPS = 24
+# Students of the tests that check mechanics rather than learning: a micro encoder under the ResNet teacher.
+MICRO = {"backbone": helpers.register_micro_backbone()}
 
 
 def _fashion(data_dir, model_dir, **train):
@@ -138,7 +140,8 @@ def test_distilled_student_exports_and_reloads(distilled):
 def test_a_folder_without_labels_distils(image_folder, teacher_dir, tmp_path):
     flat = helpers.write_image_folder(str(tmp_path / "flat"), classes=("",), per_class=16)
     config = helpers.tiny_config(f"folder:{flat}", str(tmp_path / "student"), train_mode="distill",
-                                 teacher=teacher_dir, train_steps=2, checkpoint_steps=2, optimizer="momentum")
+                                 teacher=teacher_dir, train_steps=2, checkpoint_steps=2, optimizer="momentum",
+                                 model=MICRO)
     source = sources.load_source(config.data.dataset)
     assert source.num_classes == 0 and not source.is_labeled("train")
     logs = helpers.StepLogs()
@@ -150,10 +153,11 @@ def test_a_folder_without_labels_distils(image_folder, teacher_dir, tmp_path):
 
 def test_flag_problems_fail_before_any_work(image_folder, teacher_dir, tmp_path):
     model_dir = str(tmp_path / "never")
-    base = helpers.tiny_config(f"folder:{image_folder}", model_dir, train_mode="distill", teacher=teacher_dir)
+    base = helpers.tiny_config(f"folder:{image_folder}", model_dir, train_mode="distill", teacher=teacher_dir,
+                               model=MICRO)
     pretrain_only = str(tmp_path / "no_head")
     trainer.train(helpers.tiny_config(f"folder:{image_folder}", pretrain_only, train_steps=2, checkpoint_steps=2,
-                                      lineareval_while_pretraining=False))
+                                      lineareval_while_pretraining=False, model=MICRO))
     cases = [
         (base, "predicts 10 classes, --dataset=folder:.* has 2"),
         (base.replace(train={"teacher": None}), "--train_mode=distill needs --teacher"),
@@ -187,7 +191,7 @@ def test_two_replicas_distil_like_one(teacher_dir, tmp_path, two_cpu_strategy):
     from tf_simclr.models import factory
 
     config = helpers.tiny_config("synthetic", str(tmp_path / "unused"), train_mode="distill", teacher=teacher_dir,
-                                 model={"global_bn": True})
+                                 model={**MICRO, "global_bn": True})
     batches = np.random.default_rng(4).random((3, 8, 16, 16, 3), dtype=np.float32)
     init = str(tmp_path / "init")
 

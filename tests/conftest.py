@@ -18,8 +18,10 @@ import tensorflow as tf  # noqa: E402
 from helpers import REPO, write_image_folder  # noqa: E402  (one place; tests import it from helpers)
 
 # Subprocesses (workers, run.py, `python -c` scripts) import this checkout's tf_simclr, as the tests
-# themselves do, not whichever copy pip installed: set once here, inherited by every child.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+# themselves do, not whichever copy pip installed, and `helpers` (e.g. `--backbone=helpers:MICRO`): set once
+# here, inherited by every child.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (REPO, os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")) if p)
 # A child that dies of a signal (a segfault in a native library) prints its Python stack, which the tests show.
 os.environ["PYTHONFAULTHANDLER"] = "1"
 

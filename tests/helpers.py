@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from tf_simclr.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
+from tf_simclr.models.backbones import Backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(REPO, "run.py")
@@ -23,22 +24,20 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-MICRO_BACKBONE = "micro_convnet_for_tests"
-
-
 def micro_convnet(config) -> keras.Model:
     """Two conv blocks and a pooled vector, images [B, S, S, 3] -> [B, 12], for tests whose subject is not the ResNet.
 
     Distribution, step loops and checkpoints behave the same on any encoder, and a TensorFlow graph of this one
     traces in a fraction of ResNet-18's time (a 2-step fit on 2 replicas: 3 s instead of 11 s, 2026-12-07).
-    Its batch norm follows `--global_bn` (cross-replica under tf.distribute); no conv bias before it, as in the ResNet
+    Its batch norm follows `--global_bn` (cross-replica under tf.distribute; as the ResNet's, ignored under JAX); no conv bias before it, as in the ResNet
     (its gradient is zero, so it would only move by rounding).
     """
     images = keras.Input((config.image_size, config.image_size, 3))
+    synchronized = config.global_bn and keras.backend.backend() == "tensorflow"  # JAX: one global array already.
     x = images
     for block, channels in ((1, 8), (2, 12)):
         x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"block{block}_conv")(x)
-        x = keras.layers.BatchNormalization(synchronized=config.global_bn, name=f"block{block}_bn")(x)
+        x = keras.layers.BatchNormalization(synchronized=synchronized, name=f"block{block}_bn")(x)
         x = keras.layers.ReLU()(x)
     return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x), name="micro_convnet")
 
@@ -49,18 +48,15 @@ def micro_stages(encoder) -> list[list]:
     return [[l for l in layers if l.name.startswith(f"block{b}")] for b in (1, 2)]
 
 
-def register_micro_backbone() -> str:
-    """Registers `micro_convnet` (idempotent; each process that builds one, workers included); returns its name."""
-    from tf_simclr.models.backbones import register_backbone
-
-    register_backbone(MICRO_BACKBONE, micro_convnet, stages=micro_stages, total_stride=lambda config: 4,
-                      overwrite=True)
-    return MICRO_BACKBONE
+MICRO = Backbone(build=micro_convnet, stages=micro_stages, total_stride=lambda config: 4)
+# By import name (`--backbone=module:attribute`): any process with tests/ on its path builds it, run.py children
+# included (tests/conftest.py puts tests/ on PYTHONPATH).
+MICRO_BACKBONE = "helpers:MICRO"
 
 
 def micro_model_config(**overrides) -> ModelConfig:
-    """`tiny_model_config` on `micro_convnet` (registered here)."""
-    return tiny_model_config(backbone=register_micro_backbone(), **overrides)
+    """`tiny_model_config` on `micro_convnet`."""
+    return tiny_model_config(backbone=MICRO_BACKBONE, **overrides)
 
 
 def tiny_config(dataset: str, model_dir: str, *, model=None, data=None, run=None, **train) -> Config:
@@ -98,8 +94,8 @@ def weights_of(model) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in model.weights]
 
 
-__all__ = ["REPO", "RUN_PY", "tiny_model_config", "MICRO_BACKBONE", "micro_convnet", "micro_stages",
-           "register_micro_backbone", "micro_model_config", "tiny_config", "replace", "StepLogs", "weights_of", "dataclasses"]
+__all__ = ["REPO", "RUN_PY", "tiny_model_config", "MICRO", "MICRO_BACKBONE", "micro_convnet",
+           "micro_stages", "micro_model_config", "tiny_config", "replace", "StepLogs", "weights_of", "dataclasses"]
 
 
 from tf_simclr.data.sources import BaseSource, shard  # noqa: E402  (appended helpers below)

@@ -46,7 +46,8 @@ class ModelConfig:
     """The encoder and heads. `image_size <= 32` selects ResNet's CIFAR stem, as the reference."""
 
     backbone: str = option("resnet", "Encoder architecture, by name in tf_simclr.models.BACKBONES (resnet, or one "
-                           "registered with tf_simclr.register_backbone).", ours=True)
+                           "registered with tf_simclr.register_backbone), or module:attribute to import a build "
+                           "function or Backbone (e.g. my_encoders:mobilenet).", ours=True)
     resnet_depth: int = option(50, "Depth of ResNet.")
     width_multiplier: float = option(1.0, "Multiplier to change width of network (fractions such as 0.125 give "
                                      "tiny encoders).")

@@ -134,7 +134,7 @@ def _start_worker(index, ports, folder, model_dir, export_dir, log):
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}))
     command = [
         sys.executable, helpers.RUN_PY, f"--dataset=folder:{folder}", f"--model_dir={model_dir}",
-        f"--export_dir={export_dir}", "--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
+        f"--export_dir={export_dir}", f"--backbone={helpers.MICRO_BACKBONE}", "--image_size=16",
         "--train_batch_size=16", "--train_steps=30", "--checkpoint_steps=10", "--keep_checkpoint_max=2",
         "--use_tpu=False", "--warmup_epochs=0", "--lineareval_while_pretraining=False", "--use_blur=False",
     ]

@@ -52,7 +52,7 @@ def test_two_logical_cpus_resume_bit_identical_to_an_uninterrupted_run(image_fol
     uninterrupted = str(tmp_path / "uninterrupted")
     config = helpers.tiny_config(f"folder:{image_folder}", uninterrupted, train_steps=STEPS, checkpoint_steps=EVERY,
                                  keep_checkpoint_max=0, deterministic=True, seed=3,
-                                 model={"backbone": helpers.register_micro_backbone()})  # Resuming is the subject.
+                                 model={"backbone": helpers.MICRO_BACKBONE})  # Resuming is the subject.
     full = helpers.StepLogs()
     trainer.train(config, two_cpu_strategy, callbacks=[full])
     model_dir = left_by_a_kill(uninterrupted, str(tmp_path / "resumed"))
@@ -69,7 +69,7 @@ def _run_two_workers(folder, model_dir, log_prefix):
     ports = helpers.free_ports(2)
     command = [
         sys.executable, helpers.RUN_PY, f"--dataset=folder:{folder}", f"--model_dir={model_dir}",
-        "--export_at_end=False", "--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
+        "--export_at_end=False", f"--backbone={helpers.MICRO_BACKBONE}", "--image_size=16",  # Not the ResNet's test.
         "--proj_out_dim=16", "--num_proj_layers=2", "--train_batch_size=8", f"--train_steps={STEPS}",
         f"--checkpoint_steps={EVERY}", "--keep_checkpoint_max=0", "--use_tpu=False", "--warmup_epochs=0",
         "--use_blur=False", "--deterministic", "--seed=3",

@@ -25,7 +25,6 @@ if role != "single":
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for `helpers`.
 import helpers  # noqa: E402
 from tf_simclr.distribute import strategy as strategy_lib  # noqa: E402
 from tf_simclr.models import build_model  # noqa: E402

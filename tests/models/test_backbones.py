@@ -58,10 +58,40 @@ def test_resnet_is_registered_and_unknown_names_list_the_registered_ones(registr
     register_backbone("tiny_vector", lambda config: _vector_model(config.image_size))
     names = sorted(BACKBONES)  # Other tests' backbones may be registered too; ours are there.
     assert {"resnet", "tiny_vector"} <= set(names)
-    with pytest.raises(ValueError, match=rf"backbone='nope'.*{re.escape(str(names))}.*register_backbone"):
+    with pytest.raises(ValueError, match=rf"backbone='nope'.*{re.escape(str(names))}.*register_backbone.*module:attr"):
         get_backbone("nope")
     with pytest.raises(ValueError, match="backbone='nope'"):
         build_encoder(helpers.tiny_model_config(backbone="nope"))
+
+
+def test_a_module_attribute_name_imports_and_registers_a_backbone_or_a_build_function(registry, tmp_path,
+                                                                                     monkeypatch):
+    (tmp_path / "my_encoders_for_tests.py").write_text(
+        "import sys\nsys.modules[__name__].imported = getattr(sys.modules[__name__], 'imported', 0) + 1\n"
+        "import helpers\nMICRO = helpers.MICRO\nbuild = helpers.micro_convnet\nnot_callable = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = "my_encoders_for_tests:MICRO"
+    assert name not in BACKBONES
+    imported = get_backbone(name)
+    assert BACKBONES[name] is imported and imported == helpers.MICRO  # Every field, the stages included.
+    assert get_backbone(name) is imported  # Registered on first use, not imported again.
+    import my_encoders_for_tests
+
+    assert my_encoders_for_tests.imported == 1
+    model = build_model(helpers.tiny_model_config(backbone=name))
+    assert model(_images(), training=False)["final_avg_pool"].shape == (2, 12)
+    function = get_backbone("my_encoders_for_tests:build")  # A bare build function: default stages and stride.
+    assert function.build is helpers.micro_convnet and function.stages is None and function.total_stride is None
+
+    for bad, message in [
+        ("no_such_module_for_tests:build", r"cannot import module 'no_such_module_for_tests'.*PYTHONPATH"),
+        ("my_encoders_for_tests:missing", r"has no function or Backbone named 'missing'"),
+        ("my_encoders_for_tests:not_callable", r"has no function or Backbone named 'not_callable'"),
+        (":build", r"named module:attribute, e.g. my_encoders:mobilenet"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            get_backbone(bad)
+        assert bad not in BACKBONES
 
 
 def test_register_backbone_refuses_duplicates_unless_overwritten(registry):

@@ -176,7 +176,6 @@ _EXPORT_SCRIPT = """
     import numpy as np, tensorflow as tf
     from tf_simclr.export import hub_module
     from tf_simclr.models import build_model
-    sys.path.insert(0, "tests")  # The working directory is the checkout.
     import helpers
     base, expected = sys.argv[1:3]
     model = build_model(helpers.micro_model_config())  # Atomic publishing is the subject: a small, fast export.

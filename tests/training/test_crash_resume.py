@@ -26,7 +26,7 @@ HANG_GUARD_SECONDS = 600  # Only against a hung process; nothing is asserted abo
 def _command(folder, model_dir):
     return [
         sys.executable, helpers.RUN_PY, f"--dataset=folder:{folder}", f"--model_dir={model_dir}",
-        "--export_at_end=False", "--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
+        "--export_at_end=False", f"--backbone={helpers.MICRO_BACKBONE}", "--image_size=16",  # Not the ResNet's test.
         "--proj_out_dim=16", "--num_proj_layers=2", "--train_batch_size=16", f"--train_steps={STEPS}",
         f"--checkpoint_steps={EVERY}", "--keep_checkpoint_max=3", "--use_tpu=False", "--warmup_epochs=1",
         "--deterministic", "--seed=3",

@@ -48,9 +48,7 @@ def test_pretraining_sweep_over_widths_image_sizes_and_batch_parity(tmp_path):
             tf_simclr.train(config)
             print("OK", spec, flush=True)
     """)
-    tests_dir = os.path.dirname(helpers.__file__)  # `import helpers`, beside conftest's checkout path.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join([tests_dir, os.environ["PYTHONPATH"]])}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # conftest's PYTHONPATH: this checkout and `helpers`.
     done = subprocess.run([sys.executable, "-c", script, folder, str(tmp_path), *(f"{w},{s},{b}" for w, s, b in cases)],
                           capture_output=True, text=True, env=env, timeout=1500)
     _check(done)

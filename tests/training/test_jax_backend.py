@@ -184,12 +184,14 @@ def test_run_py_distils_under_jax(image_folder, tmp_path):
     (The export under JAX is the other run.py test's; a distilled student's export is tests/training/test_distill.py's.)
     """
     teacher_dir, model_dir = tmp_path / "teacher", tmp_path / "student"
-    trainer.train(helpers.tiny_config(f"folder:{image_folder}", str(teacher_dir), train_steps=2, checkpoint_steps=2))
+    micro = helpers.MICRO_BACKBONE  # Teacher and student: the step's state is the subject, not the ResNet.
+    trainer.train(helpers.tiny_config(f"folder:{image_folder}", str(teacher_dir), train_steps=2, checkpoint_steps=2,
+                                      model={"backbone": micro}))
     argv = [
         f"--dataset=folder:{image_folder}", f"--model_dir={model_dir}", "--export_at_end=False",
         f"--teacher={teacher_dir}", "--train_mode=distill", "--optimizer=momentum", "--learning_rate=0.1",
-        "--use_tpu=False", "--train_batch_size=8", "--train_steps=2", "--checkpoint_steps=2", "--resnet_depth=18",
-        "--width_multiplier=0.125", "--image_size=16", "--proj_out_dim=16", "--num_proj_layers=2", "--warmup_epochs=0",
+        "--use_tpu=False", "--train_batch_size=8", "--train_steps=2", "--checkpoint_steps=2", f"--backbone={micro}",
+        "--image_size=16", "--proj_out_dim=16", "--num_proj_layers=2", "--warmup_epochs=0",
     ]
     proc = subprocess.run([sys.executable, helpers.RUN_PY, *argv], env=_jax_env(), capture_output=True,
                           text=True, timeout=300, cwd=helpers.REPO)

@@ -49,7 +49,7 @@ def test_run_py_pretrains_and_evaluates_arrays_without_tensorflow(fashion_subset
     model_dir = tmp_path / "run"
     proc = _run(helpers.RUN_PY, f"--dataset=idx:{fashion_subset}", "--train_split=train", "--eval_split=test",
                 f"--model_dir={model_dir}", "--use_tpu=False", "--train_batch_size=32", "--train_steps=4",
-                "--checkpoint_steps=2", "--resnet_depth=18", "--width_multiplier=0.125", f"--image_size={SIZE}",
+                "--checkpoint_steps=2", f"--backbone={helpers.MICRO_BACKBONE}", f"--image_size={SIZE}",
                 "--proj_out_dim=16", "--use_blur=False", "--warmup_epochs=0", "--augment_on=device",
                 "--feature_eval=True", f"--knn_monitor_examples={KNN_EXAMPLES}")
     assert proc.returncode == 0, proc.stderr[-4000:]

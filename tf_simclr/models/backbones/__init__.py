@@ -15,6 +15,11 @@ is). Bring your own encoder in one call:
     tf_simclr.register_backbone("mobilenet_v3_small", mobilenet)
     # then ModelConfig(backbone="mobilenet_v3_small"): pretrains, fine-tunes, exports, reloads.
 
+From the command line, name the function (or a `Backbone`) as `module:attribute`:
+`python run.py --backbone=my_encoders:mobilenet ...` imports `my_encoders` (on PYTHONPATH)
+and registers it under that name, which checkpoints record, so later exports,
+evaluations and fine-tuning import it again by themselves.
+
 `stages` cuts the encoder into the groups `--fine_tune_after_block=k` freezes
 (stages 0..k); by default each top-level layer with weights is a stage.
 """
@@ -77,12 +82,42 @@ def register_backbone(name: str, build: Callable, *, stages: Optional[Callable] 
 
 
 def get_backbone(name: str) -> Backbone:
+    """The registered backbone `name`, or the one a `module:attribute` name imports (registered on first use)."""
+    if name not in BACKBONES and ":" in name:
+        return register_backbone(name, **_import_backbone(name))
     if name not in BACKBONES:
         raise ValueError(
             f"Unknown backbone. Received: backbone={name!r}; registered: {sorted(BACKBONES)} "
-            "(add one with tf_simclr.register_backbone)."
+            "(add one with tf_simclr.register_backbone, or name one as module:attribute, e.g. "
+            "--backbone=my_encoders:mobilenet)."
         )
     return BACKBONES[name]
+
+
+def _import_backbone(name: str) -> dict:
+    """`register_backbone`'s arguments from `module:attribute`: a `Backbone`, or a build function.
+
+    The name is what checkpoints record, so exporting, evaluating or fine-tuning the run later imports the same
+    encoder without any code: the module must be importable there too (installed, or on PYTHONPATH).
+    """
+    import importlib
+
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--backbone={name!r}: a backbone to import is named module:attribute, "
+                         "e.g. my_encoders:mobilenet.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--backbone={name}: cannot import module {module_name!r} ({e}). Put it on PYTHONPATH or "
+                         "install it.") from e
+    found = getattr(module, attribute, None)
+    if isinstance(found, Backbone):
+        return {field.name: getattr(found, field.name) for field in dataclasses.fields(found)}
+    if not callable(found):
+        raise ValueError(f"--backbone={name}: module {module_name!r} has no function or Backbone named "
+                         f"{attribute!r}.")
+    return {"build": found}
 
 
 def as_feature_encoder(model: keras.Model, name: str = "encoder") -> keras.Model:

@@ -40,14 +40,24 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
-    """A TFDS data_dir with the genuine fashion_mnist prepared offline (once per session and worker)."""
+    """A TFDS data_dir with the genuine fashion_mnist prepared offline, once per run: pytest-xdist's workers share
+    it (the first prepares it under a file lock, the others wait and read it; every test only reads it)."""
+    import fcntl
+
     from tf_simclr.data import fashion_mnist
 
     if not fashion_mnist.has_source_files():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    fashion_mnist.prepare_fashion_mnist(data_dir)
-    return data_dir
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # This run's folder, above each worker's own.
+    data_dir, ready = root / "tfds-shared", root / "tfds-shared.ready"
+    with open(root / "tfds-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            fashion_mnist.prepare_fashion_mnist(str(data_dir))
+            ready.touch()
+    return str(data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ def micro_convnet(config) -> keras.Model:
 
     Distribution, step loops and checkpoints behave the same on any encoder, and a TensorFlow graph of this one
     traces in a fraction of ResNet-18's time (a 2-step fit on 2 replicas: 3 s instead of 11 s, 2026-12-07).
-    Its batch norm follows `--global_bn` (cross-replica under tf.distribute; as the ResNet's, ignored under JAX); no conv bias before it, as in the ResNet
-    (its gradient is zero, so it would only move by rounding).
+    Its batch norm follows `--global_bn` (cross-replica under tf.distribute; as the ResNet's, ignored under JAX);
+    no conv bias before it, as in the ResNet (its gradient is zero, so it would only move by rounding).
     """
     images = keras.Input((config.image_size, config.image_size, 3))
     synchronized = config.global_bn and keras.backend.backend() == "tensorflow"  # JAX: one global array already.

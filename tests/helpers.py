@@ -52,6 +52,7 @@ MICRO = Backbone(build=micro_convnet, stages=micro_stages, total_stride=lambda c
 # By import name (`--backbone=module:attribute`): any process with tests/ on its path builds it, run.py children
 # included (tests/conftest.py puts tests/ on PYTHONPATH).
 MICRO_BACKBONE = "helpers:MICRO"
+MICRO_MODEL = {"backbone": MICRO_BACKBONE}  # `tiny_config(..., model=MICRO_MODEL)`
 
 
 def micro_model_config(**overrides) -> ModelConfig:
@@ -94,7 +95,7 @@ def weights_of(model) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in model.weights]
 
 
-__all__ = ["REPO", "RUN_PY", "tiny_model_config", "MICRO", "MICRO_BACKBONE", "micro_convnet",
+__all__ = ["REPO", "RUN_PY", "tiny_model_config", "MICRO", "MICRO_BACKBONE", "MICRO_MODEL", "micro_convnet",
            "micro_stages", "micro_model_config", "tiny_config", "replace", "StepLogs", "weights_of", "dataclasses"]
 
 

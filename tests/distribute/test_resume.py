@@ -52,7 +52,7 @@ def test_two_logical_cpus_resume_bit_identical_to_an_uninterrupted_run(image_fol
     uninterrupted = str(tmp_path / "uninterrupted")
     config = helpers.tiny_config(f"folder:{image_folder}", uninterrupted, train_steps=STEPS, checkpoint_steps=EVERY,
                                  keep_checkpoint_max=0, deterministic=True, seed=3,
-                                 model={"backbone": helpers.MICRO_BACKBONE})  # Resuming is the subject.
+                                 model=helpers.MICRO_MODEL)  # Resuming is the subject.
     full = helpers.StepLogs()
     trainer.train(config, two_cpu_strategy, callbacks=[full])
     model_dir = left_by_a_kill(uninterrupted, str(tmp_path / "resumed"))

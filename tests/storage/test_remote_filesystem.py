@@ -82,7 +82,7 @@ def finish_background_writes():
             thread.join()
 
 
-MICRO = {"backbone": helpers.MICRO_BACKBONE}  # Storage is the subject, not the ResNet.
+MICRO = helpers.MICRO_MODEL  # Storage is the subject, not the ResNet.
 
 
 def ram_dir(name):

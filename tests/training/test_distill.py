@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 24
 # Students of the tests that check mechanics rather than learning: a micro encoder under the ResNet teacher.
-MICRO = {"backbone": helpers.MICRO_BACKBONE}
+MICRO = helpers.MICRO_MODEL
 
 
 def _fashion(data_dir, model_dir, **train):

@@ -186,7 +186,7 @@ def test_run_py_distils_under_jax(image_folder, tmp_path):
     teacher_dir, model_dir = tmp_path / "teacher", tmp_path / "student"
     micro = helpers.MICRO_BACKBONE  # Teacher and student: the step's state is the subject, not the ResNet.
     trainer.train(helpers.tiny_config(f"folder:{image_folder}", str(teacher_dir), train_steps=2, checkpoint_steps=2,
-                                      model={"backbone": micro}))
+                                      model=helpers.MICRO_MODEL))
     argv = [
         f"--dataset=folder:{image_folder}", f"--model_dir={model_dir}", "--export_at_end=False",
         f"--teacher={teacher_dir}", "--train_mode=distill", "--optimizer=momentum", "--learning_rate=0.1",

@@ -172,7 +172,7 @@ def test_a_chunked_run_resumes_bit_identically(image_folder, tmp_path, augment_o
     def config(model_dir):
         return helpers.tiny_config(f"folder:{image_folder}", str(tmp_path / model_dir), train_steps=4,
                                    checkpoint_steps=2, microbatch_size=4, deterministic=True, seed=4,
-                                   data={"augment_on": augment_on}, model={"backbone": helpers.MICRO_BACKBONE})
+                                   data={"augment_on": augment_on}, model=helpers.MICRO_MODEL)
 
     logs = helpers.StepLogs()
     trainer.train(config("whole"), callbacks=[logs])

@@ -32,8 +32,8 @@ def run_config(image_folder, model_dir, **train):
     values = dict(train_steps=TRAIN_STEPS, checkpoint_steps=2, keep_checkpoint_max=0, lineareval_while_pretraining=False,
                   seed=1, deterministic=True)
     values.update(train)
-    return helpers.tiny_config(f"folder:{image_folder}", model_dir, model={"backbone": helpers.MICRO_BACKBONE},
-                               **values)  # What a bad batch does to a run is the subject, not the ResNet.
+    # What a bad batch does to a run is the subject, not the ResNet.
+    return helpers.tiny_config(f"folder:{image_folder}", model_dir, model=helpers.MICRO_MODEL, **values)
 
 
 def poison_training_batches(monkeypatch, batch_index=POISONED_BATCH):

@@ -32,7 +32,7 @@ SIZE = 16
 @pytest.fixture(scope="module", autouse=True)
 def registered():
     tf_simclr.register_backbone(NAME, helpers.micro_convnet, stages=helpers.micro_stages,
-                                total_stride=lambda config: 4, overwrite=True)
+                                total_stride=helpers.MICRO.total_stride, overwrite=True)
     yield
     BACKBONES.pop(NAME, None)
 

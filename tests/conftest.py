@@ -5,6 +5,7 @@ Fixtures here (not copied into test files): `fashion_mnist_dir`, `two_cpu_strate
 (`tiny_model_config`, `tiny_config`, `StepLogs`).
 """
 
+import gc
 import os
 import sys
 
@@ -79,11 +80,17 @@ def image_folder(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _no_op_determinism_leak():
-    """`train(deterministic=True)` turns on process-wide op determinism; later tests must not inherit it."""
+    """`train(deterministic=True)` turns on process-wide op determinism; later tests must not inherit it.
+
+    The test's tf.data iterators are collected first: one made under op determinism and destroyed after it is
+    turned off waits 30-60 s for its autotuning thread (TensorFlow 2.21), in whichever later test the garbage
+    collector happens to run.
+    """
     yield
     from tensorflow.python.framework import config as tf_config
 
     if tf_config.is_op_determinism_enabled():
+        gc.collect()
         tf_config.disable_op_determinism()
 
 

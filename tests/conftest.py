@@ -83,8 +83,8 @@ def _no_op_determinism_leak():
     """`train(deterministic=True)` turns on process-wide op determinism; later tests must not inherit it.
 
     The test's tf.data iterators are collected first: one made under op determinism and destroyed after it is
-    turned off waits 30-60 s for its autotuning thread (TensorFlow 2.21), in whichever later test the garbage
-    collector happens to run.
+    turned off waited about 36 s on a tf.data background thread (TensorFlow 2.21), in whichever later test the
+    garbage collector happened to run (docs/testing.md).
     """
     yield
     from tensorflow.python.framework import config as tf_config

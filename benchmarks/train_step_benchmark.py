@@ -43,7 +43,8 @@ from tf_simclr.optim.weight_decay import plan_weight_decay  # noqa: E402
 
 def build(args, num_classes):
     config = ModelConfig(resnet_depth=args.depth, width_multiplier=args.width, image_size=args.size, global_bn=False,
-                         proj_out_dim=args.proj_dim, num_proj_layers=args.proj_layers)
+                         proj_out_dim=args.proj_dim, num_proj_layers=args.proj_layers,
+                         cifar_stem_stride=getattr(args, "cifar_stem_stride", 1))
     keras.utils.set_random_seed(0)
     model = factory.build_model(config, num_classes=num_classes, objective=losses.NTXent(0.2))
     plan = plan_weight_decay(model, 1e-4, optimizer_applies_decay=True)
@@ -110,6 +111,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--proj_dim", type=int, default=128)
     parser.add_argument("--proj_layers", type=int, default=3)
+    parser.add_argument("--cifar_stem_stride", type=int, default=1, help="As the flag (images <= 32 px).")
     parser.add_argument("--steps", type=int, default=20, help="Steps per timed window.")
     parser.add_argument("--rounds", type=int, default=3, help="Timed windows per variant (interleaved).")
     parser.add_argument("--steps_per_execution", type=int, default=1)

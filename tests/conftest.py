@@ -13,6 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any test folder.
 
+from tf_simclr import cpu_kernels  # noqa: E402  (light: no TensorFlow)
+
+cpu_kernels.use_onednn_on_avx2()  # Before TensorFlow loads, as the command line does; children inherit it.
+
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -50,6 +50,7 @@ _PUBLIC = {
     "load_source": "tf_simclr.data.sources",
     "ArraySource": "tf_simclr.data.arrays",
     "Views": "tf_simclr.data.views",
+    "use_onednn_on_avx2": "tf_simclr.cpu_kernels",  # Before TensorFlow loads (docs/usage.md).
     # These need TensorFlow.
     "build_dataset": "tf_simclr.data.pipeline",
     "load_encoder": "tf_simclr.export.load",

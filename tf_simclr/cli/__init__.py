@@ -39,9 +39,10 @@ def _import_tensorflow_if_installed() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Dispatches to a helper command when the first word names one, else runs the trainer."""
-    from tf_simclr import logs
+    from tf_simclr import cpu_kernels, logs
 
-    logs.quiet_native_logs()  # Before TensorFlow is imported.
+    logs.quiet_native_logs()  # Before TensorFlow is imported, as is:
+    cpu_kernels.use_onednn_on_avx2()
     if argv is None:  # A real process (not a test calling in): TensorFlow's start-up kept quiet, our log format.
         _import_tensorflow_if_installed()
         logs.configure(verbose_libraries=False)

@@ -22,7 +22,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_simclr import keras_internals
+from tf_simclr import cpu_kernels, keras_internals
 
 log = logging.getLogger("tf_simclr")
 
@@ -124,7 +124,11 @@ def create_strategy(
         log.info("Strategy: MirroredStrategy over %d GPUs (%d replicas)", len(gpus), strategy.num_replicas_in_sync)
     else:
         strategy = tf.distribute.get_strategy()
-        log.info("Strategy: default, one replica on %s", gpus[0].name if gpus else "the CPU")
+        if gpus:
+            log.info("Strategy: default, one replica on %s", gpus[0].name)
+        else:
+            kernels = cpu_kernels.describe()
+            log.info("Strategy: default, one replica on the CPU%s", f" ({kernels})" if kernels else "")
     return strategy
 
 
